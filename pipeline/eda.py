@@ -1,0 +1,275 @@
+"""EDA: class frequency (pixels, images, instances) and multi-label pixel overlaps.
+
+COCO figures are exact at full resolution and computed in RLE space (unions and intersections
+with pycocotools), so large annotation files need no decoded masks."""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from pipeline.config import Config
+from pipeline.data.coco import CocoSet, ann_to_rle, load_coco
+from pipeline.data.overlap import paint_order
+from pipeline.data.sources import MaskDirSource, open_split, read_image
+from pipeline.io import save_figure, write_json, write_text
+
+log = logging.getLogger(__name__)
+COMPARED_POLICIES = ("area_desc", "ignore")  # each against 'order' (later annotation wins)
+
+
+def coco_summary(coco: CocoSet, progress: bool = False, priority: list[int] | None = None) -> dict:
+    cats = {cid: {"id": cid, "name": name, "annotations": 0, "images": 0, "area_sum": 0.0, "pixels": 0}
+            for cid, name in sorted(coco.categories.items())}
+    pairs: Counter = Counter()
+    ml_images = ml_pixels = 0
+    policies = list(COMPARED_POLICIES) + (["priority"] if priority else [])
+    changed = dict.fromkeys(policies, 0)
+    classes_per_image, sizes = [], []
+    for img in tqdm(coco.images, desc="eda", disable=not progress, leave=False):
+        anns = coco.anns.get(img.id, [])
+        sizes.append((img.height, img.width))
+        rles = [ann_to_rle(a, img.height, img.width) for a in anns]
+        by_cat: dict[int, list] = {}
+        for a, r in zip(anns, rles):
+            c = cats[a["category_id"]]
+            c["annotations"] += 1
+            c["area_sum"] += float(a["area"]) if "area" in a else float(mask_utils.area(r))
+            by_cat.setdefault(a["category_id"], []).append(r)
+        classes_per_image.append(len(by_cat))
+        union = {cid: mask_utils.merge(rs) if len(rs) > 1 else rs[0] for cid, rs in by_cat.items()}
+        for cid, r in union.items():
+            cats[cid]["images"] += 1
+            cats[cid]["pixels"] += int(mask_utils.area(r))
+        inters = []
+        for a, b in itertools.combinations(sorted(union), 2):
+            inter = mask_utils.merge([union[a], union[b]], intersect=True)
+            n = int(mask_utils.area(inter))
+            if n:
+                pairs[(a, b)] += n
+                inters.append(inter)
+        if inters:
+            multi = mask_utils.merge(inters) if len(inters) > 1 else inters[0]
+            ml_images += 1
+            ml_pixels += int(mask_utils.area(multi))
+            for policy, n in _policy_changes(anns, rles, multi, policies, priority or [], int(mask_utils.area(multi))).items():
+                changed[policy] += n
+    return {
+        "num_images": len(coco.images),
+        "num_annotations": sum(c["annotations"] for c in cats.values()),
+        "num_categories": len(cats),
+        "categories": list(cats.values()),
+        "overlap": {"images_with_multilabel_pixels": ml_images, "multilabel_pixels": ml_pixels,
+                    "pairs": [{"a": a, "b": b, "pixels": n} for (a, b), n in sorted(pairs.items())],
+                    "policy_pixels_changed_vs_order": changed},
+        "classes_per_image": classes_per_image,
+        "image_sizes": sizes,
+    }
+
+
+def _policy_changes(anns, rles, multi_rle, policies, priority, multi_pixels: int) -> dict[str, int]:
+    """Pixels whose label under each policy differs from 'order' (only multi-label pixels can).
+
+    Rasterised in a box, not the full image: the box holds every annotation that touches the
+    multi-label pixels, so shifted polygon coordinates stay >= 0 and rasterise exactly as in full."""
+    mx, my, mw, mh = mask_utils.toBbox(multi_rle)
+    boxes = mask_utils.toBbox(rles)
+    keep = [k for k, (x, y, w, h) in enumerate(boxes)
+            if x <= mx + mw and mx <= x + w and y <= my + mh and my <= y + h]
+    img_h, img_w = rles[0]["size"]
+    x0 = int(max(0, np.floor(min(boxes[k][0] for k in keep))))
+    y0 = int(max(0, np.floor(min(boxes[k][1] for k in keep))))
+    x1 = int(min(img_w, np.ceil(max(boxes[k][0] + boxes[k][2] for k in keep)) + 1))
+    y1 = int(min(img_h, np.ceil(max(boxes[k][1] + boxes[k][3] for k in keep)) + 1))
+    h, w = y1 - y0, x1 - x0
+    masks = []
+    for k in keep:
+        seg = anns[k]["segmentation"]
+        if isinstance(seg, list):
+            shifted = [[v - (x0 if j % 2 == 0 else y0) for j, v in enumerate(p)] for p in seg]
+            masks.append(mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(shifted, h, w))))
+        else:
+            masks.append(mask_utils.decode(rles[k])[y0:y1, x0:x1])
+    areas = [float(mask_utils.area(rles[k])) for k in keep]
+    cls = np.array([int(anns[k]["category_id"]) for k in keep])
+    covered = np.empty((len(masks), h * w), dtype=bool)
+    for k, m in enumerate(masks):  # decode() gives Fortran order: ravel it that way, no copy
+        covered[k] = m.ravel(order="F").view(bool)
+    n_cats = np.zeros(covered.shape[1], np.int16)
+    for c in np.unique(cls):
+        n_cats += covered[cls == c].any(0)
+    cover = covered[:, n_cats >= 2]  # (annotations, multi-label pixels): the only pixels a policy changes
+
+    def winner_class(policy: str) -> np.ndarray:
+        rank = np.empty(len(keep), np.int64)
+        rank[paint_order(cls.tolist(), areas, policy, priority)] = np.arange(1, len(keep) + 1)
+        return cls[np.argmax(cover * rank[:, None], axis=0)]
+
+    base = winner_class("order")
+    return {p: multi_pixels if p == "ignore" else int(np.count_nonzero(winner_class(p) != base))
+            for p in policies}
+
+
+def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict:
+    c = len(classes)
+    pixels, images = np.zeros(c, np.int64), np.zeros(c, np.int64)
+    classes_per_image, sizes = [], []
+    for i in tqdm(range(len(src)), desc="eda", disable=not progress, leave=False):
+        m = src.mask(i)
+        sizes.append(m.shape)
+        counts = np.bincount(m[m != src.ignore_index].ravel(), minlength=c)[:c]
+        pixels += counts
+        images += counts > 0
+        classes_per_image.append(int((counts > 0).sum()))
+    cats = [{"id": k, "name": n, "annotations": int(images[k]), "images": int(images[k]),
+             "area_sum": float(pixels[k]), "pixels": int(pixels[k])} for k, n in enumerate(classes)]
+    return {"num_images": len(src), "num_annotations": int(images.sum()), "num_categories": c,
+            "categories": cats,
+            "overlap": {"images_with_multilabel_pixels": 0, "multilabel_pixels": 0, "pairs": [],
+                        "policy_pixels_changed_vs_order": {}},
+            "classes_per_image": classes_per_image, "image_sizes": [list(s) for s in sizes]}
+
+
+def _plots(summary: dict, out: Path, samples) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    cats = summary["categories"]
+    names = [c["name"] for c in cats]
+    tall = max(3.0, 0.22 * len(names))
+
+    def bar(fname, values, title, xlabel):
+        fig, ax = plt.subplots(figsize=(7, tall))
+        ax.barh(names, values)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        save_figure(out / fname, fig)
+        plt.close(fig)
+        made.append(fname)
+
+    total = max(sum(c["pixels"] for c in cats), 1)
+    bar("pixel_share.png", [100 * c["pixels"] / total for c in cats], "Pixel share per class", "% of labelled pixels")
+    bar("instances.png", [c["annotations"] for c in cats], "Instances (annotations) per class", "annotations")
+    bar("images_per_class.png", [c["images"] for c in cats], "Images containing each class", "images")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    hw = np.array(summary["image_sizes"]).reshape(-1, 2)
+    ax.scatter(hw[:, 1], hw[:, 0], s=8, alpha=0.5)
+    ax.set_xlabel("width")
+    ax.set_ylabel("height")
+    ax.set_title("Image sizes")
+    save_figure(out / "image_sizes.png", fig)
+    plt.close(fig)
+    made.append("image_sizes.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    cpi = summary["classes_per_image"]
+    ax.hist(cpi, bins=np.arange(0, max(cpi + [1]) + 2) - 0.5)
+    ax.set_xlabel("classes in the image")
+    ax.set_ylabel("images")
+    ax.set_title("Classes per image")
+    save_figure(out / "classes_per_image.png", fig)
+    plt.close(fig)
+    made.append("classes_per_image.png")
+
+    pairs = summary["overlap"]["pairs"]
+    if pairs:
+        ids = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
+        pos = {cid: k for k, cid in enumerate(ids)}
+        grid = np.zeros((len(ids), len(ids)))
+        for p in pairs:
+            grid[pos[p["a"]], pos[p["b"]]] = grid[pos[p["b"]], pos[p["a"]]] = p["pixels"]
+        label = {c["id"]: c["name"] for c in cats}
+        size = max(4.0, 0.3 * len(ids))
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+        im = ax.imshow(np.log10(grid + 1), cmap="magma")
+        ax.set_xticks(range(len(ids)), [label[i] for i in ids], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(ids)), [label[i] for i in ids], fontsize=7)
+        fig.colorbar(im, ax=ax, label="log10(pixels claimed by both + 1)")
+        ax.set_title("Multi-label pixels per category pair")
+        save_figure(out / "overlap_heatmap.png", fig)
+        plt.close(fig)
+        made.append("overlap_heatmap.png")
+
+    if samples:
+        fig, axes = plt.subplots(1, len(samples), figsize=(3 * len(samples), 3))
+        for ax, (img, mask, title) in zip(np.atleast_1d(axes), samples):
+            ax.imshow(img)
+            ax.imshow(np.ma.masked_equal(mask, 0), alpha=0.5, cmap="tab20", interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        save_figure(out / "samples.png", fig)
+        plt.close(fig)
+        made.append("samples.png")
+    return made
+
+
+def _report(summary: dict, plots: list[str], source: str) -> str:
+    o = summary["overlap"]
+    total = max(sum(c["pixels"] for c in summary["categories"]), 1)
+    lines = [f"# EDA: {source}", "",
+             f"- images: {summary['num_images']}, annotations: {summary['num_annotations']}, "
+             f"categories: {summary['num_categories']}",
+             f"- images with multi-label pixels: {o['images_with_multilabel_pixels']}; "
+             f"multi-label pixels: {o['multilabel_pixels']:,}", ""]
+    if o.get("policy_pixels_changed_vs_order"):
+        lines += ["Pixels whose training label changes with the overlap policy (against `order`, later annotation wins):", ""]
+        lines += [f"- `{p}`: {n:,}" for p, n in o["policy_pixels_changed_vs_order"].items()] + [""]
+    lines += ["| id | class | annotations | images | pixels | pixel share | COCO area sum |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
+    for c in summary["categories"]:
+        lines.append(f"| {c['id']} | {c['name']} | {c['annotations']} | {c['images']} | {c['pixels']:,} | "
+                     f"{100 * c['pixels'] / total:.2f}% | {c['area_sum']:,.0f} |")
+    if o["pairs"]:
+        names = {c["id"]: c["name"] for c in summary["categories"]}
+        top = sorted(o["pairs"], key=lambda p: -p["pixels"])[:15]
+        lines += ["", "Top overlapping category pairs:", "", "| a | b | pixels |", "|---|---|---:|"]
+        lines += [f"| {names[p['a']]} | {names[p['b']]} | {p['pixels']:,} |" for p in top]
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, split: str = "train") -> dict:
+    out = cfg.out_dir / "eda"
+    sc = getattr(cfg.data, split)
+    root = Path(cfg.data.root)
+    samples = []
+    if cfg.data.format == "coco":
+        coco = load_coco(root / sc.annotations, root / (sc.images or "."), cfg.data.strict)
+        prio = []
+        if cfg.data.priority:
+            names = {n: cid for cid, n in coco.categories.items()}
+            prio = [names[n] for n in cfg.data.priority if n in names]
+        summary = coco_summary(coco, cfg.train.progress, prio)
+        if coco.skipped:
+            summary["skipped_records"] = coco.skipped
+        source = str(root / sc.annotations)
+        images_exist = bool(coco.images) and coco.images[0].path is not None and coco.images[0].path.exists()
+        if images_exist and cfg.data.classes:
+            src = open_split(cfg.data, split)
+            for i in range(min(4, len(src))):
+                samples.append((src.image(i), src.mask(i), src.records[i].stem))
+    else:
+        src = open_split(cfg.data, split)
+        summary = maskdir_summary(src, cfg.data.classes, cfg.train.progress)
+        source = str(root / (sc.masks or ""))
+        for i in range(min(4, len(src))):
+            if src.records[i].path is not None:
+                samples.append((read_image(src.records[i].path), src.mask(i), src.records[i].stem))
+    plots = _plots(summary, out, samples)
+    write_json(out / "summary.json", summary)
+    write_text(out / "report.md", _report(summary, plots, source))
+    o = summary["overlap"]
+    print(f"eda: {summary['num_images']} images, {summary['num_annotations']} annotations, "
+          f"{summary['num_categories']} categories; {o['images_with_multilabel_pixels']} images with "
+          f"{o['multilabel_pixels']:,} multi-label pixels -> {out}")
+    return summary

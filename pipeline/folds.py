@@ -1,0 +1,97 @@
+"""k-fold splits: multi-label stratified on class presence, grouped so that related frames never
+straddle folds, reproducible from a seed."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from pipeline.config import Config
+from pipeline.data.coco import DataError
+from pipeline.data.sources import open_split
+from pipeline.io import write_json, write_text
+
+
+def group_keys(stems: list[str], pattern: str) -> list[str]:
+    """Group of each image: the first capture group of `pattern` (or the whole match) in its stem."""
+    rx = re.compile(pattern)
+    out = []
+    for s in stems:
+        m = rx.search(s)
+        if m is None:
+            raise DataError(f"folds.group_regex {pattern!r} does not match image {s!r}")
+        out.append(m.group(1) if rx.groups else m.group(0))
+    return out
+
+
+def assign_folds(presence: np.ndarray, k: int, seed: int, groups: list[str] | None = None) -> np.ndarray:
+    """Fold index per image. Stratified on the presence matrix (images x classes); with groups,
+    whole groups are stratified on their pooled presence, so a group lands in exactly one fold."""
+    presence = np.asarray(presence, dtype=int)
+    n = len(presence)
+    if groups is None:
+        if n < k:
+            raise DataError(f"folds.k={k} but only {n} images")
+        units, unit_of = presence, np.arange(n)
+    else:
+        names, unit_of = np.unique(np.asarray(groups), return_inverse=True)
+        if len(names) < k:
+            raise DataError(f"folds.k={k} but only {len(names)} groups ({', '.join(names[:10])}); "
+                            "lower k, use a finer group_regex, or use the competition's holdout")
+        units = np.zeros((len(names), presence.shape[1]), dtype=int)
+        np.add.at(units, unit_of, presence)
+        units = (units > 0).astype(int)
+    fold_of_unit = np.empty(len(units), dtype=int)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, val) in enumerate(splitter.split(np.zeros(len(units)), units)):
+        fold_of_unit[val] = f
+    return fold_of_unit[unit_of]
+
+
+def balance(presence: np.ndarray, folds: np.ndarray) -> pd.DataFrame:
+    """Per fold: share of images containing each class, and its largest relative deviation from
+    the overall share."""
+    presence = np.asarray(presence, dtype=float)
+    overall = presence.mean(0)
+    rows = []
+    for f in np.unique(folds):
+        share = presence[folds == f].mean(0)
+        present = overall > 0
+        dev = np.abs(share[present] - overall[present]) / overall[present]
+        rows.append({"fold": int(f), "images": int((folds == f).sum()),
+                     "max_rel_deviation": float(dev.max()) if dev.size else 0.0,
+                     **{f"share_{c}": float(v) for c, v in enumerate(share)}})
+    return pd.DataFrame(rows)
+
+
+def run(cfg: Config) -> pd.DataFrame:
+    src = open_split(cfg.data, "train")
+    stems = [r.stem for r in src.records]
+    presence = src.presence()
+    groups = group_keys(stems, cfg.folds.group_regex) if cfg.folds.group_regex else None
+    folds = assign_folds(presence, cfg.folds.k, cfg.folds.seed, groups)
+    df = pd.DataFrame({"image_id": stems, "fold": folds, "split": "train"})
+    if groups is not None:
+        df["group"] = groups
+    if cfg.folds.holdout:
+        hold = open_split(cfg.data, cfg.folds.holdout)
+        extra = pd.DataFrame({"image_id": [r.stem for r in hold.records], "fold": cfg.folds.k,
+                              "split": cfg.folds.holdout})
+        if groups is not None:
+            extra["group"] = group_keys(extra["image_id"].tolist(), cfg.folds.group_regex)
+        df = pd.concat([df, extra], ignore_index=True)
+        presence = np.concatenate([presence, hold.presence()])
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
+        raise DataError(f"image id {dup!r} appears twice across the folded splits")
+    bal = balance(presence, df["fold"].to_numpy())
+    out = cfg.out_dir
+    write_text(cfg.folds_csv, df.to_csv(index=False))
+    write_text(out / "folds_balance.csv", bal.to_csv(index=False))
+    write_json(out / "folds_meta.json", {"k": cfg.folds.k, "seed": cfg.folds.seed,
+                                         "group_regex": cfg.folds.group_regex, "holdout": cfg.folds.holdout})
+    print(f"folds: {len(df)} images in {df['fold'].nunique()} folds -> {cfg.folds_csv}")
+    print(bal[["fold", "images", "max_rel_deviation"]].to_string(index=False))
+    return df

@@ -1,0 +1,69 @@
+"""Atomic file output: everything is written to a temporary file beside the target and renamed,
+so a killed process never leaves a half-written file under the final name."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def _atomic(path: Path, write: Callable[[Path], None], overwrite: bool = True) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        if overwrite:
+            os.replace(tmp_path, path)
+        else:
+            # link() fails if the target exists: no window in which a file could be clobbered
+            os.link(tmp_path, path)
+            tmp_path.unlink()
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: Path, data: bytes, overwrite: bool = True) -> Path:
+    def w(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic(path, w, overwrite)
+
+
+def write_text(path: Path, text: str, overwrite: bool = True) -> Path:
+    return write_bytes(path, text.encode(), overwrite)
+
+
+def write_json(path: Path, obj, overwrite: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=2) + "\n", overwrite)
+
+
+def write_with(path: Path, save: Callable[[io.BufferedWriter], None], overwrite: bool = True) -> Path:
+    """Atomic write through a callback that writes to a binary file object (torch.save, PIL, ...)."""
+    def w(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            save(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic(path, w, overwrite)
+
+
+def save_png(path: Path, array) -> Path:
+    from PIL import Image
+
+    return write_with(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+
+
+def save_figure(path: Path, fig) -> Path:
+    return write_with(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))

@@ -1,0 +1,96 @@
+"""Models by name: `deconvnet` (ours) or any segmentation-models-pytorch architecture. Every model
+is wrapped so that inputs of any size are padded to the multiple it needs and outputs cropped back."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.models.deconvnet import DeconvNet
+
+
+class WeightsError(ValueError):
+    pass
+
+
+class SegModel(nn.Module):
+    """Pads to `multiple`, runs the network, crops the logits back to the input size."""
+
+    def __init__(self, net: nn.Module, multiple: int = 32):
+        super().__init__()
+        self.net, self.multiple = net, multiple
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        out = self.net(x)
+        return out[..., :h, :w]
+
+
+def _load_state(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"{path}: encoder weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({e})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict")
+    return state
+
+
+def _load_encoder(net: nn.Module, cfg: ModelConfig) -> None:
+    path = Path(cfg.encoder_weights)
+    state = _load_state(path)
+    if cfg.arch.lower() == "deconvnet":
+        try:
+            net.encoder.load_torchvision_vgg16_bn(state)
+        except (KeyError, ValueError) as e:
+            raise WeightsError(f"{path}: does not fit the VGG16-BN encoder ({e})") from None
+        return
+    state = {k.removeprefix("encoder."): v for k, v in state.items()}
+    try:
+        missing, unexpected = net.encoder.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: does not fit encoder {cfg.encoder_name}: {str(e).splitlines()[0]}") from None
+    missing = [k for k in missing if "num_batches_tracked" not in k]
+    if missing:
+        raise WeightsError(f"{path}: {len(missing)} encoder parameter(s) missing for {cfg.encoder_name}, "
+                           f"e.g. {missing[:3]}")
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> SegModel:
+    weights = cfg.encoder_weights
+    is_file = weights is not None and (Path(weights).suffix in (".pt", ".pth", ".bin") or "/" in str(weights))
+    if cfg.arch.lower() == "deconvnet":
+        net = DeconvNet(num_classes, in_channels, **cfg.params)
+        if weights is not None and not is_file:
+            raise WeightsError(f"model.encoder_weights: DeconvNet takes a local vgg16_bn weights file, got {weights!r}")
+    else:
+        try:
+            net = smp.create_model(cfg.arch, encoder_name=cfg.encoder_name,
+                                   encoder_weights=None if is_file else weights,
+                                   in_channels=in_channels, classes=num_classes, **cfg.params)
+        except KeyError as e:
+            raise WeightsError(f"model: unknown architecture or encoder ({e})") from None
+        except (OSError, RuntimeError, ValueError) as e:
+            if weights and not is_file:
+                raise WeightsError(f"model.encoder_weights={weights!r} for {cfg.encoder_name}: not in the local "
+                                   f"torch-hub / Hugging Face cache and there is no network ({e}). Give a local "
+                                   "weights file path instead.") from None
+            raise
+    if is_file:
+        _load_encoder(net, cfg)
+    return SegModel(net, cfg.pad_multiple)

@@ -1,0 +1,64 @@
+"""Run-length encoding of binary masks, Kaggle style: 1-indexed `start length` pairs over the
+pixels in column-major (top-to-bottom, then left-to-right) or row-major order. Vectorised."""
+from __future__ import annotations
+
+import numpy as np
+
+ORDERS = {"column": "F", "row": "C"}
+
+
+class RLEError(ValueError):
+    pass
+
+
+def encode(mask: np.ndarray, order: str = "column") -> str:
+    flat = np.asarray(mask, dtype=bool).ravel(order=ORDERS[order])
+    padded = np.zeros(flat.size + 2, dtype=np.int8)
+    padded[1:-1] = flat
+    edges = np.flatnonzero(padded[1:] != padded[:-1]) + 1  # 1-indexed run starts and ends+1
+    if edges.size == 0:
+        return ""
+    edges[1::2] -= edges[0::2]  # ends -> lengths
+    return " ".join(edges.astype(str).tolist())
+
+
+def parse(text: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of an RLE string, checked: pairs, positive, sorted, non-overlapping, inside."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        text = ""
+    text = str(text).strip()
+    if not text:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    parts = text.split()
+    try:
+        values = np.array([int(p) for p in parts], dtype=np.int64)
+    except ValueError:
+        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        raise RLEError(f"non-integer value {bad!r}") from None
+    if values.size % 2:
+        raise RLEError(f"odd number of values ({values.size}): expected start/length pairs")
+    starts, lengths = values[0::2], values[1::2]
+    if (starts < 1).any():
+        raise RLEError(f"start {int(starts[starts < 1][0])} < 1 (pixels are numbered from 1)")
+    if (lengths < 1).any():
+        raise RLEError(f"run length {int(lengths[lengths < 1][0])} < 1")
+    if (np.diff(starts) <= 0).any():
+        i = int(np.flatnonzero(np.diff(starts) <= 0)[0])
+        raise RLEError(f"starts not increasing ({int(starts[i])} then {int(starts[i + 1])})")
+    ends = starts + lengths  # exclusive
+    if (ends[:-1] > starts[1:]).any():
+        i = int(np.flatnonzero(ends[:-1] > starts[1:])[0])
+        raise RLEError(f"run {int(starts[i])}+{int(lengths[i])} overlaps the run starting at {int(starts[i + 1])}")
+    if ends[-1] - 1 > n_pixels:
+        raise RLEError(f"run {int(starts[-1])}+{int(lengths[-1])} passes the last pixel ({n_pixels})")
+    return starts, lengths
+
+
+def decode(text: str, shape: tuple[int, int], order: str = "column") -> np.ndarray:
+    h, w = shape
+    starts, lengths = parse(text, h * w)
+    delta = np.zeros(h * w + 1, dtype=np.int32)
+    np.add.at(delta, starts - 1, 1)
+    np.add.at(delta, starts - 1 + lengths, -1)
+    flat = np.cumsum(delta[:-1]) > 0
+    return flat.reshape((h, w), order=ORDERS[order])
