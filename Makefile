@@ -1,0 +1,68 @@
+# segpipe: each target is one stage that reads the previous stage's files from disk.
+#   make demo                      install, then the whole chain on the built-in demo data
+#   make train MODEL=deconvnet FOLD=0 ARGS="train.epochs=30"
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= demo
+MODEL  ?= unet
+EXP    ?=
+FOLD   ?= 0
+ARGS   ?=
+SUB    ?=
+NPROC  ?= 2
+RUN    := $(PY) -m pipeline
+COMMON  = data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP)) $(ARGS)
+
+.PHONY: install demo demo-data eda folds train train-all train-ddp infer-tta submission score test bench clean-demo
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision pinned to the builds on this machine's local wheel store
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo-data: data/demo/train.json
+data/demo/train.json: | install
+	$(RUN) demo-data data=demo
+
+eda: install
+	$(RUN) eda $(COMMON)
+
+folds: install
+	$(RUN) folds $(COMMON)
+
+train: install
+	$(RUN) train $(COMMON) fold=$(FOLD)
+
+train-all: install
+	$(RUN) train-all $(COMMON)
+
+# DDP on one machine: NPROC processes (gloo on CPU, NCCL on GPUs)
+train-ddp: install
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline train $(COMMON) fold=$(FOLD)
+
+infer-tta: install
+	$(RUN) infer $(COMMON)
+
+submission: install
+	$(RUN) submit $(COMMON)
+
+score: install
+	$(RUN) score $(COMMON) $(if $(SUB),sub=$(SUB))
+
+demo: install demo-data
+	$(MAKE) --no-print-directory eda folds train-all infer-tta submission score DATA=demo EXP=demo
+
+test: install
+	$(PY) -m pytest -q -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean-demo:
+	rm -rf data/demo outputs/demo submissions/demo

@@ -1,0 +1,109 @@
+"""The local leaderboard: the competition metric of a submission against local ground truth,
+appended to submissions/leaderboard.csv and printed ranked."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.data.coco import DataError
+from pipeline.data.sources import open_split
+from pipeline.io import save_figure, write_text
+from pipeline.metrics import multilabel_counts
+from pipeline.rle import ORDERS
+from pipeline.submit import SubmissionError, class_ids, read_submission, validate
+
+
+def newest_submission(cfg: Config) -> Path:
+    folder = Path(cfg.submissions) / cfg.data.name
+    subs = sorted(folder.glob("*.csv"), key=lambda p: p.stat().st_mtime)
+    if not subs:
+        raise FileNotFoundError(f"{folder}: no submission; run `make submission` first")
+    return subs[-1]
+
+
+def decode_runs(starts: np.ndarray, lengths: np.ndarray, shape, order: str) -> np.ndarray:
+    h, w = shape
+    delta = np.zeros(h * w + 1, np.int32)
+    np.add.at(delta, starts - 1, 1)
+    np.add.at(delta, starts - 1 + lengths, -1)
+    return (np.cumsum(delta[:-1]) > 0).reshape((h, w), order=ORDERS[order])
+
+
+def score_submission(path: Path, cfg: Config) -> dict:
+    """Dataset-level IoU per class: intersections and unions summed over images, void excluded."""
+    truth = open_split(cfg.data, "truth")
+    classes = class_ids(cfg)
+    masks = {r.stem: k for k, r in enumerate(truth.records)}
+    truth_maps = {}
+    sizes = {}
+    for stem, k in masks.items():
+        truth_maps[stem] = truth.mask(k)
+        sizes[stem] = truth_maps[stem].shape
+    df = read_submission(path, cfg.submission)
+    parsed = validate(df, sizes, classes, cfg.submission, name=str(path))
+    inter = np.zeros(len(classes), np.int64)
+    union = np.zeros(len(classes), np.int64)
+    correct = valid = 0
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    for stem, t in truth_maps.items():
+        pred = {c: decode_runs(*parsed.get((stem, c), empty), t.shape, cfg.submission.rle_order) for c in classes}
+        i, u = multilabel_counts(pred, t, classes, cfg.data.ignore_index)
+        inter += i
+        union += u
+        v = t != cfg.data.ignore_index
+        valid += int(v.sum())
+        correct += int(sum(np.count_nonzero(pred[c] & (t == c)) for c in classes))
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+            "iou": {cfg.data.classes[c]: float(v) for c, v in zip(classes, iou)},
+            "pixel_acc": correct / max(valid, 1), "images": len(truth_maps)}
+
+
+def _bar_chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["iou"])
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1))
+    ax.barh(names, [result["iou"][n] for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("IoU")
+    ax.set_title(f"{path.stem.removesuffix('.iou')}: mIoU {result['miou']:.4f}")
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def run(cfg: Config, sub: str | None = None) -> dict:
+    path = Path(sub) if sub else newest_submission(cfg)
+    try:
+        result = score_submission(path, cfg)
+    except SubmissionError:
+        raise
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "data": cfg.data.name, "file": str(path),
+           "experiments": "+".join(meta.get("experiments", [])) or meta.get("exp", ""),
+           "folds": " ".join(str(f) for f in meta.get("folds", [])), "tta": " ".join(meta.get("tta", [])),
+           "cv_miou": meta.get("cv_miou"), "local_miou": result["miou"], "pixel_acc": result["pixel_acc"],
+           **{f"iou_{k}": v for k, v in result["iou"].items()}}
+    board_path = Path(cfg.submissions) / "leaderboard.csv"
+    board = pd.read_csv(board_path) if board_path.exists() else pd.DataFrame()
+    board = pd.concat([board, pd.DataFrame([row])], ignore_index=True)
+    write_text(board_path, board.to_csv(index=False))
+    _bar_chart(result, path.with_suffix(".iou.png"))
+    ranked = board[board["data"] == cfg.data.name].sort_values("local_miou", ascending=False)
+    cols = ["time", "experiments", "folds", "tta", "cv_miou", "local_miou", "pixel_acc", "file"]
+    print(f"score: {path}: local mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_acc']:.4f}")
+    print("  " + "  ".join(f"{k} {v:.3f}" for k, v in result["iou"].items()))
+    print(f"\nleaderboard ({cfg.data.name}):")
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(ranked[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return result
