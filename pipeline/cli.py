@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("stage", choices=STAGES)
     p.add_argument("settings", nargs="*", help="data=NAME model=NAME exp=NAME fold=K sub=CSV, or dotted key=value overrides")
     p.add_argument("--configs", default="configs", help="config folder (default: ./configs)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     named = {"data": "demo", "model": "unet", "exp": None, "fold": "0", "sub": None}

@@ -280,7 +280,7 @@ def load_config(
     root = Path(config_dir)
     layers = [("base", root / "base.yaml"), ("data", root / "data" / f"{data}.yaml"),
               ("model", root / "model" / f"{model}.yaml")]
-    if exp:
+    if exp and (root / "exp" / f"{exp}.yaml").exists():  # without a file, exp only names the run
         layers.append(("exp", root / "exp" / f"{exp}.yaml"))
     merged: dict = {}
     for kind, path in layers:

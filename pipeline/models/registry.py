@@ -60,15 +60,20 @@ def _load_encoder(net: nn.Module, cfg: ModelConfig) -> None:
         except (KeyError, ValueError) as e:
             raise WeightsError(f"{path}: does not fit the VGG16-BN encoder ({e})") from None
         return
-    state = {k.removeprefix("encoder."): v for k, v in state.items()}
+    # an SMP encoder state, a full SMP model state, or a torchvision/timm classifier state (its
+    # classification head is dropped) all fit
+    if any(k.startswith("encoder.") for k in state):
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier.", "head."))}
     try:
-        missing, unexpected = net.encoder.load_state_dict(state, strict=False)
+        # nn.Module's own loader: SMP encoders override it and drop its return value
+        missing, unexpected = nn.Module.load_state_dict(net.encoder, state, strict=False)
     except RuntimeError as e:
         raise WeightsError(f"{path}: does not fit encoder {cfg.encoder_name}: {str(e).splitlines()[0]}") from None
     missing = [k for k in missing if "num_batches_tracked" not in k]
-    if missing:
-        raise WeightsError(f"{path}: {len(missing)} encoder parameter(s) missing for {cfg.encoder_name}, "
-                           f"e.g. {missing[:3]}")
+    if missing or unexpected:
+        raise WeightsError(f"{path}: does not fit encoder {cfg.encoder_name}: {len(missing)} parameter(s) "
+                           f"missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> SegModel:

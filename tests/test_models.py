@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from pipeline.config import LossTerm, ModelConfig, TrainConfig
+from pipeline.losses import build_loss
+from pipeline.models import build_model
+from pipeline.models.registry import WeightsError
+from pipeline.optim import ParamGroupError, build_optimizer, check_param_groups, param_groups
+
+ARCHS = [("deconvnet", "resnet34", {"width": 0.125, "fc_channels": 32}), ("Unet", "resnet18", {}),
+         ("UnetPlusPlus", "resnet18", {}), ("FPN", "resnet18", {}), ("DeepLabV3Plus", "resnet18", {}),
+         ("PSPNet", "resnet18", {}), ("Segformer", "mit_b0", {})]
+
+
+@pytest.mark.parametrize("arch,encoder,params", ARCHS, ids=[a[0] for a in ARCHS])
+def test_forward_backward_odd_sizes(arch, encoder, params):
+    model = build_model(ModelConfig("m", arch, encoder, params=params), 4)
+    x = torch.randn(2, 3, 50, 71)  # neither side a multiple of 32: padded, then cropped back
+    out = model(x)
+    assert out.shape == (2, 4, 50, 71)
+    out.mean().backward()
+    enc = [p for p in model.encoder.parameters() if p.grad is not None]
+    assert enc, "the encoder got no gradient"
+
+
+def test_local_encoder_weights_load(tmp_path):
+    cfg = ModelConfig("m", "Unet", "resnet18")
+    src = build_model(cfg, 3)
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.encoder.state_dict(), path)
+    loaded = build_model(ModelConfig("m", "Unet", "resnet18", encoder_weights=str(path)), 3)
+    for (k, a), b in zip(src.encoder.state_dict().items(), loaded.encoder.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_bad_weights_are_clear(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        build_model(ModelConfig("m", "Unet", "resnet18", encoder_weights=str(tmp_path / "none.pth")), 3)
+    torch.save(build_model(ModelConfig("m", "Unet", "resnet34"), 3).encoder.state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(WeightsError, match="does not fit encoder resnet18"):
+        build_model(ModelConfig("m", "Unet", "resnet18", encoder_weights=str(tmp_path / "r34.pth")), 3)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(WeightsError, match="not a readable PyTorch weights file"):
+        build_model(ModelConfig("m", "Unet", "resnet18", encoder_weights=str(tmp_path / "junk.pth")), 3)
+
+
+def test_deconvnet_loads_torchvision_vgg16_bn(tmp_path):
+    from torchvision.models import vgg16_bn
+
+    ref = vgg16_bn(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "vgg16_bn.pth")
+    model = build_model(ModelConfig("d", "deconvnet", encoder_weights=str(tmp_path / "vgg16_bn.pth"),
+                                    params={"width": 1.0, "fc_channels": 64}), 3)
+    assert torch.equal(model.encoder.blocks[0][0][0].weight, ref.features[0].weight)
+    assert torch.equal(model.encoder.blocks[4][2][1].running_var, ref.features[41].running_var)
+
+
+def test_param_groups_cover_everything_with_their_own_lr():
+    model = build_model(ModelConfig("m", "Unet", "resnet18"), 3)
+    tc = TrainConfig(lr_encoder=1e-4, lr_decoder=1e-3, wd_encoder=0.01, wd_decoder=0.02)
+    groups = param_groups(model, tc)
+    by = {g["name"]: g for g in groups}
+    assert set(by) == {"encoder", "encoder_no_decay", "decoder", "decoder_no_decay"}
+    assert by["encoder"]["lr"] == 1e-4 and by["decoder"]["lr"] == 1e-3
+    assert by["decoder"]["weight_decay"] == 0.02 and by["decoder_no_decay"]["weight_decay"] == 0.0
+    assert all(n.startswith("net.encoder.") for n in by["encoder"]["param_names"])
+    assert any("segmentation_head" in n for n in by["decoder"]["param_names"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    opt = build_optimizer(model, tc)
+    assert len(opt.param_groups) == 4
+
+
+def test_a_missing_group_raises():
+    model = build_model(ModelConfig("m", "Unet", "resnet18"), 3)
+    groups = [g for g in param_groups(model, TrainConfig()) if not g["name"].startswith("decoder")]
+    with pytest.raises(ParamGroupError, match="in no group"):
+        check_param_groups(model, groups)
+    twice = param_groups(model, TrainConfig())
+    twice.append(dict(twice[0]))
+    with pytest.raises(ParamGroupError, match="in several"):
+        check_param_groups(model, twice)
+
+
+def test_frozen_parameters_are_not_required():
+    model = build_model(ModelConfig("m", "Unet", "resnet18"), 3)
+    for p in model.encoder.parameters():
+        p.requires_grad = False
+    names = {g["name"] for g in param_groups(model, TrainConfig())}
+    assert names == {"decoder", "decoder_no_decay"}
+
+
+@pytest.mark.parametrize("name", ["ce", "dice", "focal", "lovasz"])
+def test_losses_ignore_void_and_are_finite_in_half(name):
+    loss = build_loss((LossTerm(name),), 3, 255)
+    logits = (torch.randn(2, 3, 8, 8) * 3000).half()  # fp16 sums of these overflow without the fp32 cast
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :2] = 255
+    value = loss(logits.float() if name == "ce" else logits, target)
+    assert torch.isfinite(value)
+    # void pixels do not matter
+    logits2 = logits.clone()
+    logits2[:, :, :2] = -logits2[:, :, :2]
+    value2 = loss(logits2.float() if name == "ce" else logits2, target)
+    assert torch.allclose(value.float(), value2.float(), atol=1e-4)
+
+
+def test_combined_loss_weights():
+    logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    ce = build_loss((LossTerm("ce"),), 3, 255)(logits, target)
+    dice = build_loss((LossTerm("dice"),), 3, 255)(logits, target)
+    both = build_loss((LossTerm("ce", 2.0), LossTerm("dice", 0.5)), 3, 255)(logits, target)
+    assert torch.allclose(both, 2 * ce + 0.5 * dice)

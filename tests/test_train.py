@@ -1,0 +1,138 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import folds, train
+from pipeline.data.dataset import SegDataset, eval_transform, train_transform
+from pipeline.data.sources import open_split
+from tests.conftest import REPO, TINY
+from tests.test_models import ARCHS
+
+
+@pytest.fixture
+def fold_cfg(make_cfg):
+    def make(*overrides, **kw):
+        cfg = make_cfg(*TINY, *overrides, **kw)
+        if not cfg.folds_csv.exists():
+            folds.run(cfg)
+        return cfg
+
+    return make
+
+
+@pytest.mark.parametrize("arch,encoder,params", ARCHS, ids=[a[0] for a in ARCHS])
+def test_every_model_trains_a_few_steps(fold_cfg, arch, encoder, params):
+    cfg = fold_cfg(f"model.arch={arch}", f"model.encoder_name={encoder}", f"model.params={params or {}}",
+                   "train.epochs=1", "train.max_steps_per_epoch=2")
+    out = train.run(cfg)
+    run_dir = cfg.run_dir()
+    assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists()
+    m = pd.read_csv(run_dir / "metrics.csv")
+    assert len(m) == 1 and 0 <= m["val_miou"][0] <= 1 and np.isfinite(m["train_loss"][0])
+    assert out["best_val_miou"] == m["val_miou"][0]
+    assert (run_dir / "config.yaml").exists() and (run_dir / "curves.png").exists()
+
+
+def _cli(cfg_args, tmp_path, *extra, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "pipeline", "train", *cfg_args, *extra]
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path):
+    fold_cfg()  # writes folds.csv under tmp_path/outputs
+    base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "train.progress=false",
+            *TINY, "train.epochs=3", "train.augment=[{name: HorizontalFlip, p: 0.5}]", "train.ema_decay=0.9"]
+    _cli(base + ["exp=straight"], tmp_path)
+    killed = _cli(base + ["exp=killed", "train.fault_kill_at_step=6"], tmp_path, check=False)
+    assert killed.returncode == -9  # SIGKILL in the middle of epoch 2 (4 steps per epoch)
+    run_dir = tmp_path / "outputs" / "demo" / "runs"
+    assert len(pd.read_csv(run_dir / "killed" / "fold0" / "metrics.csv")) == 1
+    resumed = _cli(base + ["exp=killed"], tmp_path)
+    assert "resuming" in resumed.stdout
+    a = torch.load(run_dir / "straight" / "fold0" / "last.pt", weights_only=False)
+    b = torch.load(run_dir / "killed" / "fold0" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(fold_cfg, caplog):
+    cfg = fold_cfg("train.epochs=2")
+    train.run(cfg)
+    last = cfg.run_dir() / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # truncated mid-write
+    cfg3 = fold_cfg("train.epochs=3")
+    train.run(cfg3)
+    assert "unreadable checkpoint" in caplog.text
+    m = pd.read_csv(cfg.run_dir() / "metrics.csv")
+    assert m["epoch"].tolist() == [1, 2, 3]  # epoch 2 redone from epoch 1's checkpoint, then 3
+
+
+class _NaNLoss(torch.nn.Module):
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.calls, self.bad_calls = 0, bad_calls
+
+    def forward(self, logits, target):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+        return loss * float("nan") if self.calls in self.bad_calls else loss
+
+
+def test_nan_steps_are_skipped_and_counted(fold_cfg, monkeypatch):
+    monkeypatch.setattr(train, "build_loss", lambda *a: _NaNLoss({1, 2}))
+    cfg = fold_cfg("train.epochs=1")
+    train.run(cfg)
+    m = pd.read_csv(cfg.run_dir() / "metrics.csv")
+    assert m["bad_steps"][0] == 2 and np.isfinite(m["train_loss"][0])
+
+
+def test_persistent_nan_stops_the_run(fold_cfg, monkeypatch):
+    monkeypatch.setattr(train, "build_loss", lambda *a: _NaNLoss(set(range(1, 100))))
+    with pytest.raises(train.TrainingError, match="3 consecutive non-finite losses"):
+        train.run(fold_cfg("train.epochs=1", "train.max_bad_steps=3"))
+
+
+def test_validation_is_never_augmented(fold_cfg):
+    cfg = fold_cfg("train.augment=[{name: HorizontalFlip, p: 1.0}, {name: VerticalFlip, p: 1.0}]")
+    src = open_split(cfg.data, "train")
+    val = SegDataset(src, [0], eval_transform(cfg.train))
+    tr = SegDataset(src, [0], train_transform(cfg.train, 255))
+    x_val, y_val = val[0]
+    x_tr, y_tr = tr[0]
+    assert torch.equal(y_val, torch.from_numpy(src.mask(0).astype(np.int64)))
+    assert torch.equal(y_tr, y_val.flip(0).flip(1))
+    assert torch.allclose(x_tr, x_val.flip(1).flip(2))
+
+
+def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
+    fold_cfg()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = ["-m", "pipeline", "train", f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}",
+            "train.progress=false", *TINY, "exp=ddp"]
+    p = subprocess.run(torchrun + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "x2" in p.stdout  # the run reported two ranks
+    m = pd.read_csv(tmp_path / "outputs" / "demo" / "runs" / "ddp" / "fold0" / "metrics.csv")
+    assert len(m) == 2 and m["val_miou"].between(0, 1).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_amp_channels_last(fold_cfg):
+    cfg = fold_cfg("train.epochs=1", "train.device=cuda", "train.amp=auto", "train.channels_last=true",
+                   "model.arch=Unet", "model.encoder_name=resnet18", "model.params={}")
+    out = train.run(cfg)
+    assert 0 <= out["best_val_miou"] <= 1
