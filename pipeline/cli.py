@@ -20,7 +20,6 @@ def _dist_info():
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network: never wait on a hub
     p = argparse.ArgumentParser(prog="segpipe", description=__doc__)
     p.add_argument("stage", choices=STAGES)
     p.add_argument("settings", nargs="*", help="data=NAME model=NAME exp=NAME fold=K sub=CSV, or dotted key=value overrides")

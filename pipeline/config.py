@@ -225,6 +225,11 @@ def _coerce(type_str: str, value: Any, where: str):
     if t in ("int", "int | None") and value is not None and not isinstance(value, int):
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if t.startswith("float") and value is not None:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -1,4 +1,8 @@
 import json
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network in tests
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import numpy as np

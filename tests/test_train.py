@@ -39,7 +39,7 @@ def test_every_model_trains_a_few_steps(fold_cfg, arch, encoder, params):
 
 
 def _cli(cfg_args, tmp_path, *extra, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "pipeline", "train", *cfg_args, *extra]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check:
@@ -118,7 +118,7 @@ def test_validation_is_never_augmented(fold_cfg):
 
 def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
     fold_cfg()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = ["-m", "pipeline", "train", f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}",
             "train.progress=false", *TINY, "exp=ddp"]

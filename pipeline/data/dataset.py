@@ -1,0 +1,62 @@
+"""Torch datasets over a Source. Train and validation pipelines are built by separate functions:
+validation never gets an augmentation. Augmentation is a pure function of (seed, epoch, index),
+so a resumed run and any number of loader workers see the same samples."""
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.config import TrainConfig
+from pipeline.data.sources import Source
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _augmentation(spec: dict) -> A.BasicTransform:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not name or not hasattr(A, name):
+        raise ValueError(f"train.augment: unknown albumentations transform {name!r}")
+    return getattr(A, name)(**spec)
+
+
+def train_transform(tc: TrainConfig, ignore_index: int) -> A.Compose:
+    steps = []
+    if tc.resize:
+        steps.append(A.Resize(*tc.resize))
+    steps += [_augmentation(s) for s in tc.augment]
+    if tc.crop:
+        steps += [A.PadIfNeeded(*tc.crop, fill=0, fill_mask=ignore_index), A.RandomCrop(*tc.crop)]
+    steps.append(A.Normalize(MEAN, STD))
+    return A.Compose(steps)
+
+
+def eval_transform(tc: TrainConfig) -> A.Compose:
+    return A.Compose(([A.Resize(*tc.resize)] if tc.resize else []) + [A.Normalize(MEAN, STD)])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+class SegDataset(Dataset):
+    def __init__(self, source: Source, indices, transform: A.Compose, seed: int = 0, with_mask: bool = True):
+        self.source, self.indices, self.transform = source, list(indices), transform
+        self.seed, self.epoch, self.with_mask = seed, 0, with_mask
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = self.indices[k]
+        image = self.source.image(i)
+        self.transform.set_random_seed(self.seed * 1_000_003 + self.epoch * 10_007 + k)
+        if self.with_mask:
+            out = self.transform(image=image, mask=self.source.mask(i))
+            return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
+        return to_tensor(self.transform(image=image)["image"]), i

@@ -1,0 +1,178 @@
+"""One interface over both dataset formats: a split is a list of image records with an image
+reader and (when labelled) a label-map reader. COCO label maps are cached on disk."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+from pipeline.config import DataConfig
+from pipeline.data.coco import CocoSet, DataError, ImageRecord, ann_to_rle, class_map, load_coco
+from pipeline.data.overlap import compose_label_map
+from pipeline.io import save_png
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def read_image(path: Path, record: str = "") -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file of {record or 'record'} not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: unreadable image of {record or 'record'} ({e})") from None
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P", "I", "I;16"):
+            raise DataError(f"{path}: label map must be a single-channel PNG, got mode {im.mode}")
+        return np.asarray(im).astype(np.uint8, copy=False)
+
+
+class Source:
+    records: list[ImageRecord]
+    labelled: bool
+    num_classes: int
+    ignore_index: int
+    skipped: list[str]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image(self, i: int) -> np.ndarray:
+        rec = self.records[i]
+        img = read_image(rec.path, f"image {rec.id!r}")
+        if img.shape[:2] != (rec.height, rec.width):
+            raise DataError(f"{rec.path}: image {rec.id!r} is {img.shape[1]}x{img.shape[0]}, "
+                            f"its record says {rec.width}x{rec.height}")
+        return img
+
+    def mask(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def presence(self) -> np.ndarray:
+        """(images, classes) bool: which classes each image contains."""
+        out = np.zeros((len(self), self.num_classes), dtype=bool)
+        for i in range(len(self)):
+            m = self.mask(i)
+            out[i] = np.bincount(m[m != self.ignore_index], minlength=self.num_classes)[: self.num_classes] > 0
+        return out
+
+
+class CocoSource(Source):
+    def __init__(self, coco: CocoSet, data: DataConfig, cache_dir: Path | None = None):
+        self.coco, self.records, self.labelled = coco, coco.images, True
+        self.num_classes, self.ignore_index, self.skipped = data.num_classes, data.ignore_index, coco.skipped
+        self.cmap = class_map(coco.categories, data.classes, data.category_map, str(coco.path))
+        self.fill = 0 if data.unlabelled == "background" else data.ignore_index
+        self.policy = data.overlap
+        self.priority = [data.classes.index(n) for n in data.priority]
+        self.cache = None
+        if cache_dir is not None:
+            key = hashlib.sha1(Path(coco.path).read_bytes())
+            key.update(json.dumps([sorted(self.cmap.items()), self.fill, self.policy, self.priority,
+                                   data.ignore_index]).encode())
+            self.cache = Path(cache_dir) / key.hexdigest()[:16]
+
+    def rasterise(self, i: int, policy: str | None = None) -> np.ndarray:
+        rec = self.records[i]
+        anns = self.coco.anns.get(rec.id, [])
+        masks = [mask_utils.decode(ann_to_rle(a, rec.height, rec.width)) for a in anns]
+        classes = [self.cmap[a["category_id"]] for a in anns]
+        return compose_label_map(masks, classes, policy or self.policy, (rec.height, rec.width),
+                                 self.fill, self.ignore_index, self.priority)
+
+    def mask(self, i: int) -> np.ndarray:
+        rec = self.records[i]
+        if self.cache is None:
+            return self.rasterise(i)
+        path = self.cache / f"{rec.stem}.png"
+        if path.exists():
+            try:
+                m = read_label_png(path)
+                if m.shape == (rec.height, rec.width):
+                    return m
+                log.warning("%s: cached mask has the wrong size; rebuilding", path)
+            except (OSError, UnidentifiedImageError, DataError, ValueError) as e:
+                log.warning("%s: corrupt cached mask (%s); rebuilding", path, e)
+        m = self.rasterise(i)
+        save_png(path, m)
+        return m
+
+    def presence(self) -> np.ndarray:
+        out = np.zeros((len(self), self.num_classes), dtype=bool)
+        for i, rec in enumerate(self.records):
+            for a in self.coco.anns.get(rec.id, []):
+                out[i, self.cmap[a["category_id"]]] = True
+            if self.fill == 0:
+                out[i, 0] = True  # background is everywhere not covered
+        return out
+
+
+class MaskDirSource(Source):
+    def __init__(self, images_dir: Path | None, masks_dir: Path | None, data: DataConfig,
+                 stems: list[str] | None = None):
+        self.num_classes, self.ignore_index, self.skipped = data.num_classes, data.ignore_index, []
+        self.masks_dir = Path(masks_dir) if masks_dir else None
+        self.labelled = self.masks_dir is not None
+        base = Path(images_dir) if images_dir else self.masks_dir
+        if base is None or not base.is_dir():
+            raise DataError(f"{base}: image folder not found")
+        files = sorted(p for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if stems is not None:
+            wanted = set(stems)
+            files = [p for p in files if p.stem in wanted]
+        self.records = []
+        for p in files:
+            if self.masks_dir is not None and not (self.masks_dir / f"{p.stem}.png").exists():
+                raise DataError(f"{self.masks_dir / (p.stem + '.png')}: no label map for image {p.name}")
+            if images_dir:
+                with Image.open(p) as im:
+                    w, h = im.size
+            else:
+                w = h = 0  # masks only: sizes come from the masks themselves
+            self.records.append(ImageRecord(p.stem, p.name, h, w, p if images_dir else None))
+
+    def mask(self, i: int) -> np.ndarray:
+        rec = self.records[i]
+        path = self.masks_dir / f"{rec.stem}.png"
+        try:
+            m = read_label_png(path)
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{path}: unreadable label map ({e})") from None
+        if rec.height and m.shape != (rec.height, rec.width):
+            raise DataError(f"{path}: label map is {m.shape[1]}x{m.shape[0]}, image {rec.file_name} "
+                            f"is {rec.width}x{rec.height}")
+        bad = (m >= self.num_classes) & (m != self.ignore_index)
+        if bad.any():
+            raise DataError(f"{path}: label values {sorted(np.unique(m[bad]).tolist())[:5]} outside classes "
+                            f"0..{self.num_classes - 1} and ignore index {self.ignore_index}")
+        return m
+
+
+def open_split(data: DataConfig, split: str, cache_dir: Path | None = None, labelled: bool = True) -> Source:
+    """The named split ('train', 'val', 'test', 'truth') of a data config."""
+    sc = getattr(data, split, None)
+    if sc is None:
+        raise DataError(f"data.{split}: this data config ({data.name}) has no '{split}' split")
+    root = Path(data.root)
+    if data.format == "coco" and sc.annotations:
+        coco = load_coco(root / sc.annotations, root / (sc.images or "."), data.strict,
+                         require_annotations=labelled)
+        if coco.skipped:
+            log.warning("%s: %d bad record(s) skipped (strict: false):\n  %s", root / sc.annotations,
+                        len(coco.skipped), "\n  ".join(coco.skipped))
+        src = CocoSource(coco, data, cache_dir)
+        src.labelled = labelled and coco.has_annotations
+        return src
+    return MaskDirSource(root / sc.images if sc.images else None,
+                         root / sc.masks if (sc.masks and labelled) else None, data)
