@@ -254,8 +254,6 @@ def _validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {allowed}")
-    if not cfg.data.classes:
-        raise ConfigError("data.classes: at least one class name is required")
     for name in cfg.data.priority:
         if name not in cfg.data.classes:
             raise ConfigError(f"data.priority: {name!r} is not a class")

@@ -36,7 +36,7 @@ def make_cfg(demo_root, tmp_path):
     return make
 
 
-TINY = ["model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
+TINY = ["train.device=cpu", "model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
         "train.batch_size=4", "train.epochs=2", "train.warmup_epochs=0"]
 
 

@@ -34,7 +34,7 @@ def test_every_model_trains_a_few_steps(fold_cfg, arch, encoder, params):
     assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists()
     m = pd.read_csv(run_dir / "metrics.csv")
     assert len(m) == 1 and 0 <= m["val_miou"][0] <= 1 and np.isfinite(m["train_loss"][0])
-    assert out["best_val_miou"] == m["val_miou"][0]
+    assert out["best_val_miou"] == pytest.approx(m["val_miou"][0], abs=1e-12)
     assert (run_dir / "config.yaml").exists() and (run_dir / "curves.png").exists()
 
 
@@ -131,8 +131,12 @@ def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_amp_channels_last(fold_cfg):
-    cfg = fold_cfg("train.epochs=1", "train.device=cuda", "train.amp=auto", "train.channels_last=true",
-                   "model.arch=Unet", "model.encoder_name=resnet18", "model.params={}")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("arch,encoder,params", ARCHS, ids=[a[0] for a in ARCHS])
+def test_gpu_amp_channels_last(fold_cfg, arch, encoder, params, amp):
+    cfg = fold_cfg("train.epochs=2", "train.device=cuda", f"train.amp={amp}", "train.channels_last=true",
+                   f"model.arch={arch}", f"model.encoder_name={encoder}", f"model.params={params or {}}")
     out = train.run(cfg)
+    m = pd.read_csv(cfg.run_dir() / "metrics.csv")
+    assert m["bad_steps"].sum() == 0 and np.isfinite(m["train_loss"]).all()
     assert 0 <= out["best_val_miou"] <= 1
