@@ -31,7 +31,7 @@ def coco_summary(coco: CocoSet, progress: bool = False, priority: list[int] | No
     policies = list(COMPARED_POLICIES) + (["priority"] if priority else [])
     changed = dict.fromkeys(policies, 0)
     classes_per_image, sizes = [], []
-    for img in tqdm(coco.images, desc="eda", disable=not progress, leave=False):
+    for img in tqdm(coco.images, desc="eda", disable=None if progress else True, leave=False):
         anns = coco.anns.get(img.id, [])
         sizes.append((img.height, img.width))
         rles = [ann_to_rle(a, img.height, img.width) for a in anns]
@@ -73,53 +73,52 @@ def coco_summary(coco: CocoSet, progress: bool = False, priority: list[int] | No
 
 
 def _policy_changes(anns, rles, multi_rle, policies, priority, multi_pixels: int) -> dict[str, int]:
-    """Pixels whose label under each policy differs from 'order' (only multi-label pixels can).
+    """Pixels whose label under each policy differs from 'order', exactly and in RLE space.
 
-    Rasterised in a box, not the full image: the box holds every annotation that touches the
-    multi-label pixels, so shifted polygon coordinates stay >= 0 and rasterise exactly as in full."""
-    mx, my, mw, mh = mask_utils.toBbox(multi_rle)
-    boxes = mask_utils.toBbox(rles)
-    keep = [k for k, (x, y, w, h) in enumerate(boxes)
-            if x <= mx + mw and mx <= x + w and y <= my + mh and my <= y + h]
-    img_h, img_w = rles[0]["size"]
-    x0 = int(max(0, np.floor(min(boxes[k][0] for k in keep))))
-    y0 = int(max(0, np.floor(min(boxes[k][1] for k in keep))))
-    x1 = int(min(img_w, np.ceil(max(boxes[k][0] + boxes[k][2] for k in keep)) + 1))
-    y1 = int(min(img_h, np.ceil(max(boxes[k][1] + boxes[k][3] for k in keep)) + 1))
-    h, w = y1 - y0, x1 - x0
-    masks = []
-    for k in keep:
-        seg = anns[k]["segmentation"]
-        if isinstance(seg, list):
-            shifted = [[v - (x0 if j % 2 == 0 else y0) for j, v in enumerate(p)] for p in seg]
-            masks.append(mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(shifted, h, w))))
-        else:
-            masks.append(mask_utils.decode(rles[k])[y0:y1, x0:x1])
-    areas = [float(mask_utils.area(rles[k])) for k in keep]
-    cls = np.array([int(anns[k]["category_id"]) for k in keep])
-    covered = np.empty((len(masks), h * w), dtype=bool)
-    for k, m in enumerate(masks):  # decode() gives Fortran order: ravel it that way, no copy
-        covered[k] = m.ravel(order="F").view(bool)
-    n_cats = np.zeros(covered.shape[1], np.int16)
-    for c in np.unique(cls):
-        n_cats += covered[cls == c].any(0)
-    cover = covered[:, n_cats >= 2]  # (annotations, multi-label pixels): the only pixels a policy changes
+    Under a paint order, annotation i labels the pixels of R_i not covered by any annotation
+    painted after it (U_i). Pixels labelled by i under one order and by j under another are
+    R_i & R_j minus (U_i | U'_j); they change label when i and j have different categories."""
+    cls = [int(a["category_id"]) for a in anns]
+    areas = [float(mask_utils.area(r)) for r in rles]
+    n = len(anns)
 
-    def winner_class(policy: str) -> np.ndarray:
-        rank = np.empty(len(keep), np.int64)
-        rank[paint_order(cls.tolist(), areas, policy, priority)] = np.arange(1, len(keep) + 1)
-        return cls[np.argmax(cover * rank[:, None], axis=0)]
+    def later(order):  # annotation -> indices painted after it
+        pos = {a: k for k, a in enumerate(order)}
+        return [[j for j in range(n) if pos[j] > pos[i]] for i in range(n)]
 
-    base = winner_class("order")
-    return {p: multi_pixels if p == "ignore" else int(np.count_nonzero(winner_class(p) != base))
-            for p in policies}
+    pair = {}
+    for i, j in itertools.combinations(range(n), 2):
+        if cls[i] != cls[j]:
+            inter = mask_utils.merge([rles[i], rles[j]], intersect=True)
+            if mask_utils.area(inter):
+                pair[(i, j)] = pair[(j, i)] = inter
+    base = later(paint_order(cls, areas, "order"))
+    out = {}
+    for policy in policies:
+        if policy == "ignore":  # every multi-label pixel becomes the ignore index
+            out[policy] = multi_pixels
+            continue
+        other = later(paint_order(cls, areas, policy, priority))
+        changed = 0
+        for (i, j), inter in pair.items():  # i labels the pixel under 'order', j under the policy
+            cover = sorted(set(base[i]) | set(other[j]))
+            if i in other[j] or j in base[i]:
+                continue  # j is painted over by i under the policy (or i by j under 'order')
+            if not cover:
+                changed += int(mask_utils.area(inter))
+                continue
+            union = mask_utils.merge([rles[k] for k in cover]) if len(cover) > 1 else rles[cover[0]]
+            hidden = mask_utils.merge([inter, union], intersect=True)
+            changed += int(mask_utils.area(inter)) - int(mask_utils.area(hidden))
+        out[policy] = changed
+    return out
 
 
 def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict:
     c = len(classes)
     pixels, images = np.zeros(c, np.int64), np.zeros(c, np.int64)
     classes_per_image, sizes = [], []
-    for i in tqdm(range(len(src)), desc="eda", disable=not progress, leave=False):
+    for i in tqdm(range(len(src)), desc="eda", disable=None if progress else True, leave=False):
         m = src.mask(i)
         sizes.append(m.shape)
         counts = np.bincount(m[m != src.ignore_index].ravel(), minlength=c)[:c]

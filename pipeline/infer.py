@@ -100,7 +100,7 @@ def run(cfg: Config) -> dict:
     members = [m for ms in by_fold.values() for m in ms]
     ens = Ensemble(members, device, tta, dtype)
     for i, p in tqdm(ens.probs(test, list(range(len(test))), cfg.infer.batch_size), total=len(test),
-                     desc="infer", disable=not cfg.train.progress, leave=False):
+                     desc="infer", disable=None if cfg.train.progress else True, leave=False):
         _write(out, test.records[i].stem, p, cfg.infer.save_probs)
     del ens
     manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),

@@ -153,6 +153,34 @@ def _plots(history: pd.DataFrame, cm: np.ndarray, classes, out: Path) -> None:
     plt.close(fig)
 
 
+def median_frequency_weights(pool: Source, indices, num_classes: int, ignore_index: int) -> list[float]:
+    """SegNet's median frequency balancing: w_c = median(f) / f_c, where f_c is class c's pixel share
+    in the images that contain it. Classes never seen get the largest weight."""
+    pixels = np.zeros(num_classes, np.float64)
+    image_pixels = np.zeros(num_classes, np.float64)
+    for i in indices:
+        m = pool.mask(i)
+        counts = np.bincount(m[m != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+        pixels += counts
+        image_pixels += (counts > 0) * m.size
+    seen = pixels > 0
+    freq = np.where(seen, pixels / np.maximum(image_pixels, 1), np.nan)
+    w = np.nanmedian(freq) / freq
+    return [float(x) for x in np.where(seen, w, np.nanmax(w))]
+
+
+def _resolve_class_weights(terms, pool, train_idx, C, ign, dist):
+    out = []
+    for t in terms:
+        if t.params.get("class_weights") == "median_frequency":
+            w = median_frequency_weights(pool, train_idx, C, ign)
+            if dist.main:
+                print("  class weights (median frequency): " + ", ".join(f"{x:.2f}" for x in w))
+            t = dataclasses.replace(t, params={**t.params, "class_weights": w})
+        out.append(t)
+    return tuple(out)
+
+
 def _val_batch_size(pool: Source, idx, tc) -> int:
     sizes = {(pool.records[i].height, pool.records[i].width) for i in idx}
     return tc.batch_size if (tc.resize or len(sizes) == 1) else 1
@@ -215,7 +243,7 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
     sched, per_step = build_scheduler(opt, tc, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True) if tc.ema_decay else None
-    loss_fn = build_loss(tc.losses, C, ign).to(device)
+    loss_fn = build_loss(_resolve_class_weights(tc.losses, pool, train_idx, C, ign, dist), C, ign).to(device)
 
     net = model
     if dist.world > 1:
@@ -257,7 +285,7 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
         loss_sum, n_seen, bad_steps, consecutive_bad = 0.0, 0, 0, 0
         opt.zero_grad(set_to_none=True)
         bar = tqdm(train_loader, total=batches, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                   disable=not (tc.progress and dist.main), leave=False)
+                   disable=None if (tc.progress and dist.main) else True, leave=False)
         for b, (x, y) in enumerate(bar):
             if b >= batches:
                 break
@@ -302,6 +330,7 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
             n_seen += len(x)
             bar.set_postfix(loss=f"{loss_sum / max(n_seen, 1):.4f}")
         bar.close()
+        train_seconds = time.time() - t0
 
         eval_model = ema.module if ema is not None else model
         cm, vloss = evaluate(eval_model, val_loader, loss_fn, C, ign, device, dtype, channels_last)
@@ -322,7 +351,8 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
                "pixel_acc": float(np.trace(cm_np) / max(cm_np.sum(), 1)),
                **{f"iou_{n}": float(v) for n, v in zip(cfg.data.classes, iou)},
                "lr_encoder": opt.param_groups[0]["lr"], "lr_decoder": opt.param_groups[-1]["lr"],
-               "bad_steps": int(train_stats[2]), "seconds": round(time.time() - t0, 2)}
+               "bad_steps": int(train_stats[2]), "train_img_per_s": round(float(train_stats[1]) / max(train_seconds, 1e-9), 2),
+               "seconds": round(time.time() - t0, 2)}
         history.append(row)
         if dist.main:
             df = pd.DataFrame(history)

@@ -110,3 +110,26 @@ def test_combined_loss_weights():
     dice = build_loss((LossTerm("dice"),), 3, 255)(logits, target)
     both = build_loss((LossTerm("ce", 2.0), LossTerm("dice", 0.5)), 3, 255)(logits, target)
     assert torch.allclose(both, 2 * ce + 0.5 * dice)
+
+
+def test_median_frequency_weights():
+    import numpy as np
+
+    from pipeline.train import median_frequency_weights
+
+    class Src:
+        def __init__(self, masks):
+            self.masks = masks
+
+        def mask(self, i):
+            return self.masks[i]
+
+    a = np.zeros((4, 4), np.uint8)
+    a[:, :1] = 1  # class 1: 4 of 16 pixels, in one image
+    b = np.full((4, 4), 255, np.uint8)
+    b[:2] = 0  # class 0 in both images: 12 + 8 of 32 pixels
+    w = median_frequency_weights(Src([a, b]), [0, 1], 3, 255)
+    f0, f1 = 20 / 32, 4 / 16
+    med = np.median([f0, f1])
+    assert np.allclose(w[:2], [med / f0, med / f1])
+    assert w[2] == max(w[:2])  # never-seen class 2 gets the largest weight

@@ -160,12 +160,13 @@ class MaskDirSource(Source):
 
 
 def open_split(data: DataConfig, split: str, cache_dir: Path | None = None, labelled: bool = True) -> Source:
-    """The named split ('train', 'val', 'test', 'truth') of a data config."""
+    """The named split ('train', 'val', 'test', 'truth') of a data config: COCO when the split names
+    an annotation file, else a mask folder (images and, when labelled, PNG label maps)."""
     sc = getattr(data, split, None)
     if sc is None:
         raise DataError(f"data.{split}: this data config ({data.name}) has no '{split}' split")
     root = Path(data.root)
-    if data.format == "coco" and sc.annotations:
+    if sc.annotations:
         coco = load_coco(root / sc.annotations, root / (sc.images or "."), data.strict,
                          require_annotations=labelled)
         if coco.skipped:

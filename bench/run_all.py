@@ -1,0 +1,62 @@
+"""Run every benchmark on this machine, then rewrite bench/RESULTS.md from bench/results/*.json.
+
+    python bench/run_all.py            # all benchmarks, then the report
+    python bench/run_all.py --report   # only rewrite RESULTS.md from the stored results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["rle_speed.py", "score_speed.py", "eda_speed.py", "loader_speed.py", "tta_speed.py",
+           "train_overhead.py", "train_throughput.py"]
+
+
+def _table(rows: list[dict]) -> list[str]:
+    keys = list(rows[0])
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    out += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return out
+
+
+def report() -> str:
+    lines = ["# Benchmark results", "",
+             "Written by `python bench/run_all.py --report` from `bench/results/*.json`; each section names "
+             "the command that produced it and the machine it ran on.", ""]
+    for path in sorted((HERE / "results").glob("*.json")):
+        r = json.loads(path.read_text())
+        name = r.get("bench", path.stem)
+        m = r.get("machine", {})
+        where = m.get("gpu") or r.get("device") or m.get("cpu", "?")
+        lines += [f"## {name} ({path.stem.rsplit('_', 1)[-1]})", "",
+                  f"- command: `python bench/{name}.py`" + (" (see script for arguments)" if name == "train_throughput" else ""),
+                  f"- machine: {where}; {m.get('cpus', '?')} CPUs; torch {m.get('torch', r.get('torch', '?'))}; "
+                  f"measured {r.get('when', '?')}", ""]
+        flat = {k: v for k, v in r.items() if k not in ("bench", "machine", "results", "when")}
+        if flat:
+            lines += [f"- {k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in flat.items()] + [""]
+        if r.get("results"):
+            lines += _table(r["results"]) + [""]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--report", action="store_true")
+    a = p.parse_args()
+    if not a.report:
+        for s in SCRIPTS:
+            print(f"== {s}", flush=True)
+            rc = subprocess.call([sys.executable, str(HERE / s)])
+            if rc:
+                print(f"{s} exited {rc}")
+    (HERE / "RESULTS.md").write_text(report())
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
