@@ -102,7 +102,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False
-    patience: int | None = None  # early stopping, in epochs without a better val mIoU
+    patience: int | None = None  # early stopping, in validations without a better val mIoU
+    val_every: int = 1  # validate every N epochs (and always after the last)
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     num_workers: int = 0
     seed: int = 42

@@ -333,22 +333,29 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
         train_seconds = time.time() - t0
 
         eval_model = ema.module if ema is not None else model
-        cm, vloss = evaluate(eval_model, val_loader, loss_fn, C, ign, device, dtype, channels_last)
+        validate = (epoch + 1) % tc.val_every == 0 or epoch + 1 == tc.epochs
         train_stats = torch.tensor([loss_sum, n_seen, bad_steps], dtype=torch.float64, device=device)
+        cm = torch.zeros(C, C, dtype=torch.int64, device=device)
+        vloss = torch.zeros(2, dtype=torch.float64, device=device)
+        if validate:
+            cm, vloss = evaluate(eval_model, val_loader, loss_fn, C, ign, device, dtype, channels_last)
         if dist.world > 1:
             for t in (cm, vloss, train_stats):
                 tdist.all_reduce(t)
-        cm_np = cm.cpu().numpy()
-        iou = iou_from_confusion(cm_np)
-        miou = mean_iou(iou)
-        if not per_step:
-            sched.step(miou)
-        improved = miou > best
-        best = max(best, miou)
-        bad_epochs = 0 if improved else bad_epochs + 1
+        improved = False
+        iou, miou = np.full(C, np.nan), float("nan")
+        if validate:
+            cm_np = cm.cpu().numpy()
+            iou = iou_from_confusion(cm_np)
+            miou = mean_iou(iou)
+            if not per_step:
+                sched.step(miou)
+            improved = miou > best
+            best = max(best, miou)
+            bad_epochs = 0 if improved else bad_epochs + 1
         row = {"epoch": epoch + 1, "train_loss": float(train_stats[0] / max(train_stats[1], 1)),
-               "val_loss": float(vloss[0] / max(vloss[1], 1)), "val_miou": miou,
-               "pixel_acc": float(np.trace(cm_np) / max(cm_np.sum(), 1)),
+               "val_loss": float(vloss[0] / vloss[1]) if validate else float("nan"), "val_miou": miou,
+               "pixel_acc": float(np.trace(cm_np) / max(cm_np.sum(), 1)) if validate else float("nan"),
                **{f"iou_{n}": float(v) for n, v in zip(cfg.data.classes, iou)},
                "lr_encoder": opt.param_groups[0]["lr"], "lr_decoder": opt.param_groups[-1]["lr"],
                "bad_steps": int(train_stats[2]), "train_img_per_s": round(float(train_stats[1]) / max(train_seconds, 1e-9), 2),
@@ -367,11 +374,11 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "rng": _rng_state(), "best": best, "bad_epochs": bad_epochs, "history": history,
                 "global_step": global_step, **meta})
-            _plots(df, cm_np, cfg.data.classes, run_dir)
-            print(f"epoch {epoch + 1}/{tc.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                  f"val mIoU {miou:.4f}{' *' if improved else ''}  ({row['seconds']:.1f}s"
+            _plots(df.dropna(subset=["val_miou"]), cm_np, cfg.data.classes, run_dir)
+            val = f"val loss {row['val_loss']:.4f}  val mIoU {miou:.4f}{' *' if improved else ''}" if validate else "(no validation)"
+            print(f"epoch {epoch + 1}/{tc.epochs}  train loss {row['train_loss']:.4f}  {val}  ({row['seconds']:.1f}s"
                   f"{', ' + str(row['bad_steps']) + ' skipped steps' if row['bad_steps'] else ''})")
-        if tc.patience is not None and bad_epochs >= tc.patience:
+        if validate and tc.patience is not None and bad_epochs >= tc.patience:
             stopped = epoch + 1
             if dist.main:
                 print(f"train: early stop after epoch {epoch + 1}: no better val mIoU for {tc.patience} epochs")

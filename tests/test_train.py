@@ -140,3 +140,12 @@ def test_gpu_amp_channels_last(fold_cfg, arch, encoder, params, amp):
     m = pd.read_csv(cfg.run_dir() / "metrics.csv")
     assert m["bad_steps"].sum() == 0 and np.isfinite(m["train_loss"]).all()
     assert 0 <= out["best_val_miou"] <= 1
+
+
+def test_validation_every_n_epochs(fold_cfg):
+    cfg = fold_cfg("train.epochs=3", "train.val_every=2")
+    train.run(cfg)
+    m = pd.read_csv(cfg.run_dir() / "metrics.csv")
+    assert m["epoch"].tolist() == [1, 2, 3]
+    assert m["val_miou"].isna().tolist() == [True, False, False]  # epoch 2, then always the last
+    assert torch.load(cfg.run_dir() / "best.pt", weights_only=False)["epoch"] in (1, 2)
