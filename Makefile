@@ -14,7 +14,7 @@ NPROC  ?= 2
 RUN    := $(PY) -m pipeline
 COMMON  = data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP)) $(ARGS)
 
-.PHONY: install demo demo-data eda folds train train-all train-ddp infer-tta submission score test bench clean-demo
+.PHONY: install demo demo-data eda folds train train-all train-ddp infer-tta submission score test bench camvid clean-demo
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -56,6 +56,15 @@ score: install
 
 demo: install demo-data
 	$(MAKE) --no-print-directory eda folds train-all infer-tta submission score DATA=demo EXP=demo
+
+# The CamVid recipe (2 CPU cores, ~75 min): sequence-grouped folds, UNet-ResNet18 from scratch on
+# the train split validated on val (fold 3), hflip TTA, submission in the competition's format.
+CAMVID_EXP ?= camvid_unet
+camvid: install
+	$(RUN) folds data=camvid $(ARGS)
+	$(RUN) train data=camvid exp=$(CAMVID_EXP) fold=3 $(ARGS)
+	$(RUN) infer data=camvid exp=$(CAMVID_EXP) $(ARGS)
+	$(RUN) submit data=camvid exp=$(CAMVID_EXP) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q -ra; rc=$$?; \

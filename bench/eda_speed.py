@@ -20,10 +20,13 @@ def brute(path, limit):
     from pycocotools.coco import COCO
 
     coco = COCO(str(path))
+    by_image = {}  # grouped from the raw list: TACO reuses annotation ids, which COCO's index collapses
+    for a in coco.dataset["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
     pixels = {}
     for img_id in list(coco.imgs)[:limit]:
         per_cat = {}
-        for a in coco.loadAnns(coco.getAnnIds(imgIds=[img_id])):
+        for a in by_image.get(img_id, []):
             m = coco.annToMask(a).astype(bool)
             per_cat[a["category_id"]] = per_cat.get(a["category_id"], False) | m
         for cid, m in per_cat.items():

@@ -220,6 +220,11 @@ def _report(summary: dict, plots: list[str], source: str) -> str:
              f"categories: {summary['num_categories']}",
              f"- images with multi-label pixels: {o['images_with_multilabel_pixels']}; "
              f"multi-label pixels: {o['multilabel_pixels']:,}", ""]
+    dup = summary.get("duplicate_annotation_ids")
+    if dup:
+        lines += [f"**Warning:** {len(dup)} annotation id(s) are used more than once (e.g. {dup[:5]}). segpipe "
+                  "does not depend on annotation ids, but pycocotools' `COCO` index keeps only the last "
+                  "annotation of each id, so `loadAnns` returns the wrong annotation for them.", ""]
     if o.get("policy_pixels_changed_vs_order"):
         lines += ["Pixels whose training label changes with the overlap policy (against `order`, later annotation wins):", ""]
         lines += [f"- `{p}`: {n:,}" for p, n in o["policy_pixels_changed_vs_order"].items()] + [""]
@@ -251,6 +256,7 @@ def run(cfg: Config, split: str = "train") -> dict:
         summary = coco_summary(coco, cfg.train.progress, prio)
         if coco.skipped:
             summary["skipped_records"] = coco.skipped
+        summary["duplicate_annotation_ids"] = coco.duplicate_annotation_ids
         source = str(root / sc.annotations)
         images_exist = bool(coco.images) and coco.images[0].path is not None and coco.images[0].path.exists()
         if images_exist and cfg.data.classes:

@@ -2,9 +2,16 @@
 pixels in column-major (top-to-bottom, then left-to-right) or row-major order. Vectorised."""
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 
 ORDERS = {"column": "F", "row": "C"}
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_INTEGERS = re.compile(r"\s*-?[0-9]+(\s+-?[0-9]+)*\s*")
 
 
 class RLEError(ValueError):
@@ -19,7 +26,7 @@ def encode(mask: np.ndarray, order: str = "column") -> str:
     if edges.size == 0:
         return ""
     edges[1::2] -= edges[0::2]  # ends -> lengths
-    return " ".join(edges.astype(str).tolist())
+    return " ".join(map(str, edges.tolist()))
 
 
 def parse(text: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,11 +37,14 @@ def parse(text: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     if not text:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     parts = text.split()
-    try:
+    bad = None if _INTEGERS.fullmatch(text) else next((p for p in parts if not _INTEGER.fullmatch(p)), text)
+    if bad is not None:
+        raise RLEError(f"non-integer value {bad!r}")
+    with warnings.catch_warnings():  # text mode of fromstring: the fast C parser for checked text
+        warnings.simplefilter("ignore")
+        values = np.fromstring(text, dtype=np.int64, sep=" ")
+    if values.size != len(parts):
         values = np.array([int(p) for p in parts], dtype=np.int64)
-    except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise RLEError(f"non-integer value {bad!r}") from None
     if values.size % 2:
         raise RLEError(f"odd number of values ({values.size}): expected start/length pairs")
     starts, lengths = values[0::2], values[1::2]
@@ -54,11 +64,14 @@ def parse(text: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
-def decode(text: str, shape: tuple[int, int], order: str = "column") -> np.ndarray:
+def runs_to_mask(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int], order: str = "column") -> np.ndarray:
+    """Mask from parsed (checked) runs: +1 at each start, -1 after each end, cumulative sum."""
     h, w = shape
-    starts, lengths = parse(text, h * w)
-    delta = np.zeros(h * w + 1, dtype=np.int32)
-    np.add.at(delta, starts - 1, 1)
-    np.add.at(delta, starts - 1 + lengths, -1)
-    flat = np.cumsum(delta[:-1]) > 0
-    return flat.reshape((h, w), order=ORDERS[order])
+    delta = np.zeros(h * w + 1, dtype=np.int8)
+    delta[starts - 1] += 1  # starts are unique, so are ends: plain fancy indexing is safe
+    delta[starts - 1 + lengths] -= 1
+    return (np.cumsum(delta[:-1], dtype=np.int8) > 0).reshape((h, w), order=ORDERS[order])
+
+
+def decode(text: str, shape: tuple[int, int], order: str = "column") -> np.ndarray:
+    return runs_to_mask(*parse(text, shape[0] * shape[1]), shape, order)

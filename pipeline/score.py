@@ -14,7 +14,7 @@ from pipeline.data.coco import DataError
 from pipeline.data.sources import open_split
 from pipeline.io import save_figure, write_text
 from pipeline.metrics import multilabel_counts
-from pipeline.rle import ORDERS
+from pipeline.rle import runs_to_mask
 from pipeline.submit import SubmissionError, class_ids, read_submission, validate
 
 
@@ -24,14 +24,6 @@ def newest_submission(cfg: Config) -> Path:
     if not subs:
         raise FileNotFoundError(f"{folder}: no submission; run `make submission` first")
     return subs[-1]
-
-
-def decode_runs(starts: np.ndarray, lengths: np.ndarray, shape, order: str) -> np.ndarray:
-    h, w = shape
-    delta = np.zeros(h * w + 1, np.int32)
-    np.add.at(delta, starts - 1, 1)
-    np.add.at(delta, starts - 1 + lengths, -1)
-    return (np.cumsum(delta[:-1]) > 0).reshape((h, w), order=ORDERS[order])
 
 
 def score_submission(path: Path, cfg: Config) -> dict:
@@ -51,7 +43,7 @@ def score_submission(path: Path, cfg: Config) -> dict:
     correct = valid = 0
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     for stem, t in truth_maps.items():
-        pred = {c: decode_runs(*parsed.get((stem, c), empty), t.shape, cfg.submission.rle_order) for c in classes}
+        pred = {c: runs_to_mask(*parsed.get((stem, c), empty), t.shape, cfg.submission.rle_order) for c in classes}
         i, u = multilabel_counts(pred, t, classes, cfg.data.ignore_index)
         inter += i
         union += u

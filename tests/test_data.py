@@ -140,3 +140,10 @@ def test_coco_rasterises_all_segmentation_forms_and_caches(tmp_path):
     other = open_split(_data(tmp_path, overlap="area_desc"), "train", cache_dir=cache)
     assert other.cache != src.cache  # a different policy never reads the other's cache
     assert (other.mask(0)[2:4, 2:6] == 1).all()
+
+
+def test_duplicate_annotation_ids_are_reported(tmp_path):
+    path = write_coco(tmp_path / "c.json", [IMG], [ann(7), ann(7, cat=2), ann(8)])
+    coco = load_coco(path)
+    assert coco.duplicate_annotation_ids == [7]
+    assert len(coco.annotations()) == 3  # nothing is dropped

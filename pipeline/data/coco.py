@@ -35,6 +35,7 @@ class CocoSet:
     categories: dict[int, str]  # category id -> name
     skipped: list[str] = field(default_factory=list)  # non-strict mode: every record left out, with why
     has_annotations: bool = True
+    duplicate_annotation_ids: list = field(default_factory=list)  # harmless here; pycocotools' COCO index drops them
 
     def annotations(self) -> list[dict]:
         return [a for img in self.images for a in self.anns.get(img.id, [])]
@@ -148,7 +149,10 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
             bad(f"{where}: {why}")
             continue
         anns.setdefault(img.id, []).append(ann)
-    return CocoSet(path, images, anns, categories, skipped, "annotations" in doc)
+    ids = [a.get("id") for a in doc.get("annotations", [])]
+    seen_ids: set = set()
+    dup = sorted({i for i in ids if i in seen_ids or seen_ids.add(i)}, key=str)
+    return CocoSet(path, images, anns, categories, skipped, "annotations" in doc, dup)
 
 
 def ann_to_rle(ann: dict, h: int, w: int) -> dict:
