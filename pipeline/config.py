@@ -112,6 +112,7 @@ class TrainConfig:
     augment: tuple[dict, ...] = ()  # albumentations transforms by class name, train only
     max_steps_per_epoch: int | None = None
     progress: bool = True
+    tensorboard: bool = False  # also log scalars to <run>/tensorboard (pip install segpipe[tensorboard])
     fault_kill_at_step: int | None = None  # test hook: SIGKILL the process after this optimiser step
 
 

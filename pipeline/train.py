@@ -153,6 +153,15 @@ def _plots(history: pd.DataFrame, cm: np.ndarray, classes, out: Path) -> None:
     plt.close(fig)
 
 
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainingError("train.tensorboard=true needs the tensorboard package: "
+                            "pip install 'segpipe[tensorboard]'") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def median_frequency_weights(pool: Source, indices, num_classes: int, ignore_index: int) -> list[float]:
     """SegNet's median frequency balancing: w_c = median(f) / f_c, where f_c is class c's pixel share
     in the images that contain it. Classes never seen get the largest weight."""
@@ -275,6 +284,7 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
 
     cm_np = np.zeros((C, C), np.int64)
     stopped = None
+    writer = _tensorboard(run_dir) if (tc.tensorboard and dist.main) else None
     for epoch in range(start_epoch, tc.epochs):
         if bad_epochs and tc.patience is not None and bad_epochs >= tc.patience:
             break
@@ -364,6 +374,11 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
         if dist.main:
             df = pd.DataFrame(history)
             write_text(run_dir / "metrics.csv", df.to_csv(index=False))
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and np.isfinite(value):
+                        writer.add_scalar(key, value, epoch + 1)
+                writer.flush()
             meta = {"epoch": epoch, "val_miou": miou, "model_cfg": dataclasses.asdict(cfg.model),
                     "classes": list(cfg.data.classes), "resize": tc.resize, "fold": cfg.fold, "exp": cfg.exp}
             if improved:
@@ -374,7 +389,8 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "rng": _rng_state(), "best": best, "bad_epochs": bad_epochs, "history": history,
                 "global_step": global_step, **meta})
-            _plots(df.dropna(subset=["val_miou"]), cm_np, cfg.data.classes, run_dir)
+            if validate:  # matplotlib costs about a second: not worth it on epochs without new figures
+                _plots(df.dropna(subset=["val_miou"]), cm_np, cfg.data.classes, run_dir)
             val = f"val loss {row['val_loss']:.4f}  val mIoU {miou:.4f}{' *' if improved else ''}" if validate else "(no validation)"
             print(f"epoch {epoch + 1}/{tc.epochs}  train loss {row['train_loss']:.4f}  {val}  ({row['seconds']:.1f}s"
                   f"{', ' + str(row['bad_steps']) + ' skipped steps' if row['bad_steps'] else ''})")
@@ -383,6 +399,8 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
             if dist.main:
                 print(f"train: early stop after epoch {epoch + 1}: no better val mIoU for {tc.patience} epochs")
             break
+    if writer is not None:
+        writer.close()
     if dist.world > 1:
         tdist.barrier()
     return {"best_val_miou": best, "epochs": len(history), "early_stopped_at": stopped, "run_dir": str(run_dir)}

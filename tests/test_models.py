@@ -133,3 +133,39 @@ def test_median_frequency_weights():
     med = np.median([f0, f1])
     assert np.allclose(w[:2], [med / f0, med / f1])
     assert w[2] == max(w[:2])  # never-seen class 2 gets the largest weight
+
+
+def _sched_lrs(**kw):
+    from pipeline.optim import build_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched, per_step = build_scheduler(opt, TrainConfig(**kw), steps_per_epoch=10)
+    lrs = []
+    for _ in range(kw.get("epochs", 5) * 10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs, per_step
+
+
+def test_cosine_with_warmup_and_poly_schedules():
+    lrs, per_step = _sched_lrs(epochs=5, scheduler="cosine", warmup_epochs=1, min_lr_ratio=0.01)
+    assert per_step
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up over 10 steps
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then monotone decay
+    assert lrs[-1] == pytest.approx(0.01, abs=0.01)
+    poly, _ = _sched_lrs(epochs=5, scheduler="poly", warmup_epochs=0, min_lr_ratio=0.0, poly_power=1.0)
+    assert poly[25] == pytest.approx(0.5)  # linear when power is 1
+
+
+def test_plateau_steps_per_epoch_on_miou():
+    from pipeline.optim import build_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched, per_step = build_scheduler(opt, TrainConfig(scheduler="plateau", plateau_patience=1), 10)
+    assert not per_step
+    for miou in (0.5, 0.5, 0.5):
+        sched.step(miou)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)

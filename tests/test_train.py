@@ -149,3 +149,45 @@ def test_validation_every_n_epochs(fold_cfg):
     assert m["epoch"].tolist() == [1, 2, 3]
     assert m["val_miou"].isna().tolist() == [True, False, False]  # epoch 2, then always the last
     assert torch.load(cfg.run_dir() / "best.pt", weights_only=False)["epoch"] in (1, 2)
+
+
+def test_accumulation_clipping_sgd_poly(fold_cfg):
+    cfg = fold_cfg("train.epochs=2", "train.accum_steps=2", "train.clip_grad=1.0", "train.optimizer=sgd",
+                   "train.scheduler=poly", "train.max_steps_per_epoch=2")
+    train.run(cfg)
+    state = torch.load(cfg.run_dir() / "last.pt", weights_only=False)
+    assert state["global_step"] == 4  # 2 optimiser steps per epoch, each from 2 micro-batches
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_competition_holdout_becomes_a_fold(tmp_path):
+    from PIL import Image
+
+    from pipeline.config import load_config
+
+    for split, seqs in (("train", ("0001TP", "0006R0", "0016E5")), ("val", ("0016E5",))):
+        for sub in ("images", "masks"):
+            (tmp_path / split / sub).mkdir(parents=True)
+        for s in seqs:
+            for f in range(4):
+                stem = f"{s}_{f + (100 if split == 'val' else 0):06d}"
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / "images" / f"{stem}.jpg")
+                Image.fromarray(np.full((8, 8), f % 11, np.uint8)).save(tmp_path / split / "masks" / f"{stem}.png")
+    cfg = load_config("camvid", "unet", None, [f"data.root={tmp_path}", f"outputs={tmp_path / 'out'}"], 0, REPO / "configs")
+    df = folds.run(cfg)
+    assert sorted(df["fold"].unique()) == [0, 1, 2, 3]
+    assert (df.loc[df["split"] == "val", "fold"] == 3).all() and (df.loc[df["split"] == "train", "fold"] < 3).all()
+    train_only = df[df["split"] == "train"]
+    assert (train_only.groupby("group")["fold"].nunique() == 1).all()  # no sequence straddles folds
+
+
+def test_tensorboard_scalars(fold_cfg):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = fold_cfg("train.epochs=2", "train.tensorboard=true")
+    train.run(cfg)
+    acc = EventAccumulator(str(cfg.run_dir() / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val_miou")] == [1, 2]
+    assert "lr_decoder" in acc.Tags()["scalars"]
