@@ -191,3 +191,21 @@ def test_tensorboard_scalars(fold_cfg):
     acc.Reload()
     assert [e.step for e in acc.Scalars("val_miou")] == [1, 2]
     assert "lr_decoder" in acc.Tags()["scalars"]
+
+
+def test_early_stopping_on_val_miou(fold_cfg, monkeypatch):
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])  # best at epoch 2, then two worse validations
+
+    def scripted(model, loader, loss_fn, C, ign, device, dtype, channels_last):
+        s = next(scores)
+        cm = torch.zeros(C, C, dtype=torch.int64)
+        cm[0, 0] = int(s * 100)
+        cm[0, 1] = 100 - int(s * 100)  # IoU of class 0 = s; class 1 IoU 0 -> mean s / 2
+        return cm, torch.tensor([1.0, 1.0], dtype=torch.float64)
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    out = train.run(fold_cfg("train.epochs=6", "train.patience=2"))
+    assert out["early_stopped_at"] == 4 and out["epochs"] == 4
+    assert out["best_val_miou"] == pytest.approx(0.35)
+    best = torch.load(out["run_dir"] + "/best.pt", weights_only=False)
+    assert best["epoch"] == 1  # 0-based: the second epoch
