@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline import checkpoint
 from pipeline.config import Config, config_to_yaml
 from pipeline.data.coco import DataError
-from pipeline.data.dataset import SegDataset, eval_transform, train_transform
+from pipeline.data.dataset import EpochSampler, SegDataset, eval_transform, train_transform
 from pipeline.data.sources import Source, open_split
 from pipeline.io import save_figure, write_text
 from pipeline.losses import build_loss
@@ -238,8 +238,8 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
     opt = build_optimizer(model, tc)
 
     train_ds = SegDataset(pool, train_idx, train_transform(tc, ign), seed=tc.seed)
-    sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                 seed=tc.seed, drop_last=dist.world > 1)
+    sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                              seed=tc.seed, drop_last=dist.world > 1), len(train_ds))
     drop_last = len(train_ds) // dist.world > tc.batch_size  # a batch of one breaks batch norm
     train_loader = DataLoader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
                               drop_last=drop_last, pin_memory=device.type == "cuda",
@@ -289,7 +289,6 @@ def run(cfg: Config, dist: DistInfo = DistInfo()) -> dict:
         if bad_epochs and tc.patience is not None and bad_epochs >= tc.patience:
             break
         t0 = time.time()
-        train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
         model.train()
         loss_sum, n_seen, bad_steps, consecutive_bad = 0.0, 0, 0, 0

@@ -209,3 +209,32 @@ def test_early_stopping_on_val_miou(fold_cfg, monkeypatch):
     assert out["best_val_miou"] == pytest.approx(0.35)
     best = torch.load(out["run_dir"] + "/best.pt", weights_only=False)
     assert best["epoch"] == 1  # 0-based: the second epoch
+
+
+def test_augmentation_changes_every_epoch_with_persistent_workers(fold_cfg):
+    """Persistent workers keep their own dataset copy: the epoch must reach them through the sampler."""
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    from pipeline.data.dataset import EpochSampler
+
+    class Seq(SequentialSampler):
+        def set_epoch(self, epoch):
+            pass
+
+    cfg = fold_cfg("train.crop=[48, 48]", "train.augment=[{name: HorizontalFlip, p: 0.5}]")
+    src = open_split(cfg.data, "train")
+    ds = SegDataset(src, range(4), train_transform(cfg.train, 255), seed=3)
+
+    def epochs(workers):
+        sampler = EpochSampler(Seq(ds), len(ds))
+        loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+        out = []
+        for e in range(2):
+            sampler.set_epoch(e)
+            out.append(next(iter(loader))[0])
+        return out
+
+    with_workers, without = epochs(2), epochs(0)
+    assert not torch.equal(with_workers[0], with_workers[1])  # a new augmentation each epoch
+    for a, b in zip(with_workers, without):
+        assert torch.equal(a, b)  # and the same samples whatever the worker count

@@ -1,12 +1,14 @@
 """Torch datasets over a Source. Train and validation pipelines are built by separate functions:
 validation never gets an augmentation. Augmentation is a pure function of (seed, epoch, index),
-so a resumed run and any number of loader workers see the same samples."""
+so a resumed run and any number of loader workers see the same samples. The epoch travels inside
+the sampled index (EpochSampler): persistent loader workers hold their own copy of the dataset,
+so setting an attribute on it in the main process would never reach them."""
 from __future__ import annotations
 
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import TrainConfig
 from pipeline.data.sources import Source
@@ -44,19 +46,34 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 class SegDataset(Dataset):
     def __init__(self, source: Source, indices, transform: A.Compose, seed: int = 0, with_mask: bool = True):
         self.source, self.indices, self.transform = source, list(indices), transform
-        self.seed, self.epoch, self.with_mask = seed, 0, with_mask
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.seed, self.with_mask = seed, with_mask
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int):
+        epoch, k = divmod(k, len(self.indices))  # see EpochSampler
         i = self.indices[k]
         image = self.source.image(i)
-        self.transform.set_random_seed(self.seed * 1_000_003 + self.epoch * 10_007 + k)
+        self.transform.set_random_seed(self.seed * 1_000_003 + epoch * 10_007 + k)
         if self.with_mask:
             out = self.transform(image=image, mask=self.source.mask(i))
             return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
         return to_tensor(self.transform(image=image)["image"]), i
+
+
+class EpochSampler(Sampler):
+    """Wraps a sampler with set_epoch (e.g. DistributedSampler): yields epoch * n + index."""
+
+    def __init__(self, sampler, n: int):
+        self.sampler, self.n, self.epoch = sampler, n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return (self.epoch * self.n + i for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
