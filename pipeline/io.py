@@ -18,6 +18,9 @@ def _atomic(path: Path, write: Callable[[Path], None], overwrite: bool = True) -
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs get ordinary permissions
         if overwrite:
             os.replace(tmp_path, path)
         else:
