@@ -1,16 +1,12 @@
-import json
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network in tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
+from helpers import REPO
 
 torch.set_num_threads(2)
 
@@ -34,23 +30,3 @@ def make_cfg(demo_root, tmp_path):
         return load_config(data, model, exp, base + list(overrides), fold, REPO / "configs")
 
     return make
-
-
-TINY = ["train.device=cpu", "model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
-        "train.batch_size=4", "train.epochs=2", "train.warmup_epochs=0"]
-
-
-def write_coco(path: Path, images, annotations, categories=None) -> Path:
-    doc = {"images": images, "annotations": annotations,
-           "categories": categories or [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def square(x0, y0, x1, y1):
-    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)

@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.config import ConfigError, load_config, parse_override
-from tests.conftest import REPO
+from helpers import REPO
 
 
 def test_layers_and_overrides():

@@ -10,7 +10,7 @@ from pipeline.config import DataConfig, SplitConfig
 from pipeline.data.coco import ann_to_rle, load_coco
 from pipeline.data.sources import MaskDirSource
 from pipeline.eda import coco_summary, maskdir_summary
-from tests.conftest import SHARED
+from helpers import SHARED
 
 
 def brute_force(coco):

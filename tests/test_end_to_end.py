@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from tests.conftest import REPO, TINY
+from helpers import REPO, TINY
 
 
 @pytest.fixture

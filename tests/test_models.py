@@ -6,11 +6,7 @@ from pipeline.losses import build_loss
 from pipeline.models import build_model
 from pipeline.models.registry import WeightsError
 from pipeline.optim import ParamGroupError, build_optimizer, check_param_groups, param_groups
-
-ARCHS = [("deconvnet", "resnet34", {"width": 0.125, "fc_channels": 32}), ("Unet", "resnet18", {}),
-         ("UnetPlusPlus", "resnet18", {}), ("FPN", "resnet18", {}), ("DeepLabV3Plus", "resnet18", {}),
-         ("PSPNet", "resnet18", {}), ("Segformer", "mit_b0", {})]
-
+from helpers import ARCHS
 
 @pytest.mark.parametrize("arch,encoder,params", ARCHS, ids=[a[0] for a in ARCHS])
 def test_forward_backward_odd_sizes(arch, encoder, params):

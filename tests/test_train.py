@@ -10,8 +10,7 @@ import torch
 from pipeline import folds, train
 from pipeline.data.dataset import SegDataset, eval_transform, train_transform
 from pipeline.data.sources import open_split
-from tests.conftest import REPO, TINY
-from tests.test_models import ARCHS
+from helpers import ARCHS, REPO, TINY
 
 
 @pytest.fixture

@@ -1,0 +1,24 @@
+"""Constants and small builders shared by the tests (fixtures live in conftest.py)."""
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+
+TINY = ["train.device=cpu", "model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
+        "train.batch_size=4", "train.epochs=2", "train.warmup_epochs=0"]
+
+ARCHS = [("deconvnet", "resnet34", {"width": 0.125, "fc_channels": 32}), ("Unet", "resnet18", {}),
+         ("UnetPlusPlus", "resnet18", {}), ("FPN", "resnet18", {}), ("DeepLabV3Plus", "resnet18", {}),
+         ("PSPNet", "resnet18", {}), ("Segformer", "mit_b0", {})]
+
+
+def write_coco(path: Path, images, annotations, categories=None) -> Path:
+    doc = {"images": images, "annotations": annotations,
+           "categories": categories or [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def square(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
