@@ -1,18 +1,21 @@
 # segpipe: each target is one stage that reads the previous stage's files from disk.
 #   make demo                      install, then the whole chain on the built-in demo data
-#   make train MODEL=deconvnet FOLD=0 ARGS="train.epochs=30"
+#   make train MODEL=deconvnet FOLD=0 ARGS="train.epochs=30"   (EXP=configs/exp file, NAME=run name)
+#   make train CONFIG=outputs/demo/runs/demo/fold0/config.yaml   (a saved run's config, again)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= demo
 MODEL  ?= unet
 EXP    ?=
-FOLD   ?= 0
+NAME   ?=
+CONFIG ?=
+FOLD   ?=
 ARGS   ?=
 SUB    ?=
 NPROC  ?= 2
 RUN    := $(PY) -m pipeline
-COMMON  = data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP)) $(ARGS)
+COMMON  = $(if $(CONFIG),config=$(CONFIG),data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP))) $(if $(NAME),name=$(NAME)) $(ARGS)
 
 .PHONY: install demo demo-data eda folds train train-all train-ddp infer-tta submission score test bench camvid clean-demo
 
@@ -36,14 +39,14 @@ folds: install
 	$(RUN) folds $(COMMON)
 
 train: install
-	$(RUN) train $(COMMON) fold=$(FOLD)
+	$(RUN) train $(COMMON) $(if $(FOLD),fold=$(FOLD))
 
 train-all: install
 	$(RUN) train-all $(COMMON)
 
 # DDP on one machine: NPROC processes (gloo on CPU, NCCL on GPUs)
 train-ddp: install
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline train $(COMMON) fold=$(FOLD)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline train $(COMMON) $(if $(FOLD),fold=$(FOLD))
 
 infer-tta: install
 	$(RUN) infer $(COMMON)

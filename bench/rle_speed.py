@@ -11,7 +11,7 @@ import numpy as np
 from common import save, timed
 from pycocotools import mask as mask_utils
 
-from pipeline import rle
+from pipeline.competition import rle
 
 
 def blobs(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:

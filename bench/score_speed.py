@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.config import DataConfig, SubmissionConfig, SplitConfig
 from pipeline.score import score_submission
-from pipeline.submit import encode_rows
+from pipeline.competition.submission import encode_rows
 
 
 class _Cfg:  # the two fields score_submission reads

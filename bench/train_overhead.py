@@ -19,13 +19,14 @@ from pipeline import folds, train
 from pipeline.config import load_config
 from pipeline.data.dataset import SegDataset, train_transform
 from pipeline.data.demo import generate
-from pipeline.losses import build_loss
+from pipeline.data.pool import labelled_pool
+from pipeline.engine.losses import build_loss
 from pipeline.models import build_model
-from pipeline.optim import build_optimizer
+from pipeline.engine.optim import build_optimizer
 
 
 def bare_loop(cfg, epochs):
-    pool, table = train.labelled_pool(cfg)
+    pool, table = labelled_pool(cfg)
     idx = table.loc[table["fold"] != cfg.fold, "index"].tolist()
     ds = SegDataset(pool, idx, train_transform(cfg.train, cfg.data.ignore_index), seed=0)
     loader = DataLoader(ds, cfg.train.batch_size, shuffle=True, drop_last=True, num_workers=cfg.train.num_workers)

@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import LossTerm, ModelConfig, TrainConfig  # noqa: E402
-from pipeline.losses import build_loss  # noqa: E402
+from pipeline.engine.losses import build_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
-from pipeline.optim import build_optimizer  # noqa: E402
-from pipeline.train import amp_dtype  # noqa: E402
+from pipeline.engine.optim import build_optimizer  # noqa: E402
+from pipeline.engine.runtime import amp_dtype  # noqa: E402
 
 
 def measure(arch, encoder, size, batch, steps, warmup, amp, channels_last, compile_, device, classes=12):

@@ -13,8 +13,8 @@ from common import save, timed
 
 from pipeline.config import ModelConfig
 from pipeline.models import build_model
-from pipeline.train import amp_dtype
-from pipeline.tta import build_tta, predict_probs
+from pipeline.engine.runtime import amp_dtype
+from pipeline.inference.tta import build_tta, predict_probs
 
 
 class Softmaxed(torch.nn.Module):

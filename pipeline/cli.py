@@ -1,93 +1,128 @@
-"""Command line: `segpipe <stage> [data=demo] [model=unet] [exp=NAME] [fold=0] [key=value ...]`.
-Parses, resolves the configuration once, and calls one stage."""
+"""Command line: `segpipe <stage> [data=demo] [model=unet] [exp=FILE] [name=RUN] [fold=K] [key=value ...]`,
+or `segpipe train config=outputs/.../config.yaml` to run a saved config again. Parses, resolves the
+configuration once, calls one stage; a user's error is one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
 
-STAGES = ("demo-data", "eda", "folds", "train", "train-all", "infer", "submit", "score")
+from pipeline.errors import ConfigError, SegpipeError
+
+NAMED = ("data", "model", "exp", "name", "fold", "sub", "config")
 
 
-def _dist_info():
-    from pipeline.train import DistInfo
+def _demo_data(cfg, named, dist):
+    from pipeline.data.demo import generate
 
-    # torchrun's contract is its environment; it is read here, once, and passed down
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
+    generate(cfg.data.root)
+    logging.getLogger("pipeline").info("demo-data: written to %s", cfg.data.root)
+
+
+def _eda(cfg, named, dist):
+    from pipeline import eda
+
+    eda.run(cfg)
+
+
+def _folds(cfg, named, dist):
+    from pipeline import folds
+
+    folds.run(cfg)
+
+
+def _train(cfg, named, dist):
+    from pipeline import train
+
+    train.run(cfg, dist)
+
+
+def _train_all(cfg, named, dist):
+    from pipeline import train
+    from pipeline.data.pool import read_folds
+
+    for k in sorted(read_folds(cfg)["fold"].unique()):
+        train.run(dataclasses.replace(cfg, fold=int(k)), dist)
+
+
+def _infer(cfg, named, dist):
+    from pipeline import infer
+
+    infer.run(cfg)
+
+
+def _submit(cfg, named, dist):
+    from pipeline import submit
+
+    submit.run(cfg)
+
+
+def _score(cfg, named, dist):
+    from pipeline import score
+
+    score.run(cfg, named["sub"])
+
+
+STAGES = {"demo-data": _demo_data, "eda": _eda, "folds": _folds, "train": _train, "train-all": _train_all,
+          "infer": _infer, "submit": _submit, "score": _score}
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return msg if record.levelno == logging.INFO else f"{record.levelname.lower()}: {msg}"
+
+
+def parse(argv: list[str] | None = None):
+    """(stage, Config, named settings) from the command line."""
+    p = argparse.ArgumentParser(prog="segpipe", description=__doc__)
+    p.add_argument("stage", choices=list(STAGES))
+    p.add_argument("settings", nargs="*", help="data=NAME model=NAME exp=FILE name=RUN fold=K sub=CSV config=YAML, "
+                                               "or dotted key=value overrides")
+    p.add_argument("--configs", default="configs", help="config folder (default: ./configs)")
+    args = p.parse_intermixed_args(argv)
+    named: dict = {"data": "demo", "model": "unet", "exp": None, "name": None, "fold": None, "sub": None, "config": None}
+    overrides = []
+    for s in args.settings:
+        key, eq, value = s.partition("=")
+        if key in NAMED and eq:
+            named[key] = value or named[key]
+        else:
+            overrides.append(s)
+    fold = None
+    if named["fold"] is not None:
+        try:
+            fold = int(named["fold"])
+        except ValueError:
+            raise ConfigError(f"fold={named['fold']}: expected an integer") from None
+    from pipeline.config import load_config, load_config_file
+
+    if named["config"]:
+        cfg = load_config_file(named["config"], overrides, fold)
+    else:
+        cfg = load_config(named["data"], named["model"], named["exp"], overrides, fold or 0, args.configs, named["name"])
+    return args.stage, cfg, named
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="segpipe", description=__doc__)
-    p.add_argument("stage", choices=STAGES)
-    p.add_argument("settings", nargs="*", help="data=NAME model=NAME exp=NAME fold=K sub=CSV, or dotted key=value overrides")
-    p.add_argument("--configs", default="configs", help="config folder (default: ./configs)")
-    args = p.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    named = {"data": "demo", "model": "unet", "exp": None, "fold": "0", "sub": None}
-    overrides = []
-    for s in args.settings:
-        key = s.split("=", 1)[0]
-        if key in named and "=" in s:
-            named[key] = s.split("=", 1)[1] or named[key]
-        else:
-            overrides.append(s)
+    from pipeline.engine.runtime import DistInfo
 
-    from pipeline.config import ConfigError, load_config
-    from pipeline.data.coco import DataError
-
+    dist = DistInfo.from_env(os.environ)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_Format("%(message)s"))
+    logging.basicConfig(level=logging.INFO if dist.main else logging.WARNING, handlers=[handler], force=True)
     t0 = time.time()
+    stage = (argv if argv is not None else sys.argv[1:] or ["?"])[0]
     try:
-        if args.stage == "demo-data":
-            from pipeline.data.demo import generate
-
-            cfg = load_config(named["data"], named["model"], named["exp"], overrides, config_dir=args.configs)
-            generate(cfg.data.root)
-            print(f"demo-data: written to {cfg.data.root}")
-            return 0
-        cfg = load_config(named["data"], named["model"], named["exp"], overrides, int(named["fold"]), args.configs)
-        if args.stage == "eda":
-            from pipeline import eda
-
-            eda.run(cfg)
-        elif args.stage == "folds":
-            from pipeline import folds
-
-            folds.run(cfg)
-        elif args.stage == "train":
-            from pipeline import train
-
-            train.run(cfg, _dist_info())
-        elif args.stage == "train-all":
-            import dataclasses
-
-            import pandas as pd
-
-            from pipeline import train
-
-            if not cfg.folds_csv.exists():
-                raise DataError(f"{cfg.folds_csv}: not found; run `make folds` first")
-            for k in sorted(pd.read_csv(cfg.folds_csv)["fold"].unique()):
-                train.run(dataclasses.replace(cfg, fold=int(k)), _dist_info())
-        elif args.stage == "infer":
-            from pipeline import infer
-
-            infer.run(cfg)
-        elif args.stage == "submit":
-            from pipeline import submit
-
-            submit.run(cfg)
-        elif args.stage == "score":
-            from pipeline import score
-
-            score.run(cfg, named["sub"])
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"segpipe {args.stage}: error: {e}", file=sys.stderr)
+        stage, cfg, named = parse(argv)
+        STAGES[stage](cfg, named, dist)
+    except (SegpipeError, OSError) as e:  # OSError: missing files, read-only folders, a full disk
+        print(f"segpipe {stage}: error: {e}", file=sys.stderr)
         return 2
-    print(f"segpipe {args.stage}: done in {time.time() - t0:.1f}s")
+    logging.getLogger("pipeline").info("segpipe %s: done in %.1fs", stage, time.time() - t0)
     return 0
 
 

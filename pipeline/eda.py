@@ -274,7 +274,7 @@ def run(cfg: Config, split: str = "train") -> dict:
     write_json(out / "summary.json", summary)
     write_text(out / "report.md", _report(summary, plots, source))
     o = summary["overlap"]
-    print(f"eda: {summary['num_images']} images, {summary['num_annotations']} annotations, "
-          f"{summary['num_categories']} categories; {o['images_with_multilabel_pixels']} images with "
-          f"{o['multilabel_pixels']:,} multi-label pixels -> {out}")
+    log.info("eda: %d images, %d annotations, %d categories; %d images with %s multi-label pixels -> %s",
+             summary["num_images"], summary["num_annotations"], summary["num_categories"],
+             o["images_with_multilabel_pixels"], f"{o['multilabel_pixels']:,}", out)
     return summary

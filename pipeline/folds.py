@@ -2,6 +2,7 @@
 straddle folds, reproducible from a seed."""
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -9,9 +10,11 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from pipeline.config import Config
-from pipeline.data.coco import DataError
 from pipeline.data.sources import open_split
+from pipeline.errors import DataError
 from pipeline.io import write_json, write_text
+
+log = logging.getLogger(__name__)
 
 
 def group_keys(stems: list[str], pattern: str) -> list[str]:
@@ -92,6 +95,6 @@ def run(cfg: Config) -> pd.DataFrame:
     write_text(out / "folds_balance.csv", bal.to_csv(index=False))
     write_json(out / "folds_meta.json", {"k": cfg.folds.k, "seed": cfg.folds.seed,
                                          "group_regex": cfg.folds.group_regex, "holdout": cfg.folds.holdout})
-    print(f"folds: {len(df)} images in {df['fold'].nunique()} folds -> {cfg.folds_csv}")
-    print(bal[["fold", "images", "max_rel_deviation"]].to_string(index=False))
+    log.info("folds: %d images in %d folds -> %s\n%s", len(df), df["fold"].nunique(), cfg.folds_csv,
+             bal[["fold", "images", "max_rel_deviation"]].to_string(index=False))
     return df

@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.competition.metrics import IoUMeter
+from pipeline.competition.rle import runs_to_mask
+from pipeline.competition.submission import class_ids, read_submission, validate
 from pipeline.config import Config
-from pipeline.data.coco import DataError
 from pipeline.data.sources import open_split
+from pipeline.engine.runtime import get_logger
 from pipeline.io import save_figure, write_text
-from pipeline.metrics import multilabel_counts
-from pipeline.rle import runs_to_mask
-from pipeline.submit import SubmissionError, class_ids, read_submission, validate
+
+log = get_logger(__name__)
 
 
 def newest_submission(cfg: Config) -> Path:
@@ -38,22 +40,14 @@ def score_submission(path: Path, cfg: Config) -> dict:
         sizes[stem] = truth_maps[stem].shape
     df = read_submission(path, cfg.submission)
     parsed = validate(df, sizes, classes, cfg.submission, name=str(path))
-    inter = np.zeros(len(classes), np.int64)
-    union = np.zeros(len(classes), np.int64)
-    correct = valid = 0
+    meter = IoUMeter(cfg.data.num_classes, cfg.data.ignore_index, classes)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     for stem, t in truth_maps.items():
-        pred = {c: runs_to_mask(*parsed.get((stem, c), empty), t.shape, cfg.submission.rle_order) for c in classes}
-        i, u = multilabel_counts(pred, t, classes, cfg.data.ignore_index)
-        inter += i
-        union += u
-        v = t != cfg.data.ignore_index
-        valid += int(v.sum())
-        correct += int(sum(np.count_nonzero(pred[c] & (t == c)) for c in classes))
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
-            "iou": {cfg.data.classes[c]: float(v) for c, v in zip(classes, iou)},
-            "pixel_acc": correct / max(valid, 1), "images": len(truth_maps)}
+        masks = np.stack([runs_to_mask(*parsed.get((stem, c), empty), t.shape, cfg.submission.rle_order) for c in classes])
+        meter.update_masks(masks, t)
+    m = meter.compute()
+    return {"miou": m["miou"], "iou": {cfg.data.classes[c]: float(v) for c, v in zip(classes, m["iou"])},
+            "pixel_acc": m["pixel_acc"], "images": len(truth_maps)}
 
 
 def _bar_chart(result: dict, path: Path) -> None:
@@ -75,10 +69,7 @@ def _bar_chart(result: dict, path: Path) -> None:
 
 def run(cfg: Config, sub: str | None = None) -> dict:
     path = Path(sub) if sub else newest_submission(cfg)
-    try:
-        result = score_submission(path, cfg)
-    except SubmissionError:
-        raise
+    result = score_submission(path, cfg)
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "data": cfg.data.name, "file": str(path),
@@ -89,13 +80,12 @@ def run(cfg: Config, sub: str | None = None) -> dict:
     board_path = Path(cfg.submissions) / "leaderboard.csv"
     board = pd.read_csv(board_path) if board_path.exists() else pd.DataFrame()
     board = pd.concat([board, pd.DataFrame([row])], ignore_index=True)
-    write_text(board_path, board.to_csv(index=False))
     _bar_chart(result, path.with_suffix(".iou.png"))
+    write_text(board_path, board.to_csv(index=False))  # the record last, once everything else succeeded
     ranked = board[board["data"] == cfg.data.name].sort_values("local_miou", ascending=False)
     cols = ["time", "experiments", "folds", "tta", "cv_miou", "local_miou", "pixel_acc", "file"]
-    print(f"score: {path}: local mIoU {result['miou']:.4f}, pixel accuracy {result['pixel_acc']:.4f}")
-    print("  " + "  ".join(f"{k} {v:.3f}" for k, v in result["iou"].items()))
-    print(f"\nleaderboard ({cfg.data.name}):")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(ranked[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        table = ranked[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    log.info("score: %s: local mIoU %.4f, pixel accuracy %.4f\n  %s\n\nleaderboard (%s):\n%s", path, result["miou"],
+             result["pixel_acc"], "  ".join(f"{k} {v:.3f}" for k, v in result["iou"].items()), cfg.data.name, table)
     return result

@@ -4,77 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from pipeline import rle
-from pipeline.config import Config, SubmissionConfig
-from pipeline.data.coco import DataError
+from pipeline.competition.submission import class_ids, encode_rows, validate
+from pipeline.config import Config
 from pipeline.data.sources import open_split, read_label_png
+from pipeline.engine.runtime import get_logger
+from pipeline.errors import DataError
 from pipeline.io import write_json, write_text
 
-
-class SubmissionError(ValueError):
-    pass
-
-
-def class_ids(cfg: Config) -> list[int]:
-    return list(cfg.submission.class_ids) or list(range(cfg.data.num_classes))
-
-
-def read_submission(path: Path, sc: SubmissionConfig) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise SubmissionError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
-    expected = [sc.id_column, sc.class_column, sc.rle_column]
-    if list(df.columns) != expected:
-        raise SubmissionError(f"{path}: header is {list(df.columns)}, expected {expected}")
-    return df
-
-
-def validate(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], classes: list[int], sc: SubmissionConfig,
-             name: str = "submission") -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
-    """Check every row; return the parsed runs per (image, class). Errors name the CSV line."""
-    parsed = {}
-    class_set = set(classes)
-    for k, (img, cls, enc) in enumerate(zip(df[sc.id_column], df[sc.class_column], df[sc.rle_column])):
-        where = f"{name} line {k + 2} ({sc.id_column}={img!r}, {sc.class_column}={cls!r})"
-        if img not in sizes:
-            raise SubmissionError(f"{where}: unknown image id")
-        try:
-            c = int(cls)
-        except ValueError:
-            raise SubmissionError(f"{where}: class id is not an integer") from None
-        if c not in class_set:
-            raise SubmissionError(f"{where}: class {c} is not one of {classes}")
-        if (img, c) in parsed:
-            raise SubmissionError(f"{where}: duplicate row for this image and class")
-        h, w = sizes[img]
-        try:
-            parsed[(img, c)] = rle.parse(enc, h * w)
-        except rle.RLEError as e:
-            raise SubmissionError(f"{where}: {sc.rle_column}: {e}") from None
-    missing = [(i, c) for i in sizes for c in classes if (i, c) not in parsed]
-    if sc.empty_rows and missing:
-        i, c = missing[0]
-        raise SubmissionError(f"{name}: {len(missing)} (image, class) row(s) missing, e.g. {i!r} class {c}")
-    return parsed
-
-
-def encode_rows(stem: str, label: np.ndarray, classes: list[int], sc: SubmissionConfig) -> list[tuple]:
-    rows = []
-    for c in classes:
-        enc = rle.encode(label == c, sc.rle_order)
-        if enc or sc.empty_rows:
-            rows.append((stem, c, enc))
-    return rows
+log = get_logger(__name__)
 
 
 def new_submission_path(cfg: Config) -> Path:
@@ -112,9 +55,7 @@ def run(cfg: Config) -> Path:
     manifest = preds / "manifest.json"
     meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds)}
     if manifest.exists():
-        import json
-
         meta.update(json.loads(manifest.read_text()))
     write_json(path.with_suffix(".json"), meta, overwrite=False)
-    print(f"submission: {len(df)} rows ({len(test)} images x {len(classes)} classes), validated -> {path}")
+    log.info("submission: %d rows (%d images x %d classes), validated -> %s", len(df), len(test), len(classes), path)
     return path

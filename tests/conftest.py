@@ -24,9 +24,9 @@ def make_cfg(demo_root, tmp_path):
     """Config over the small demo data; outputs and submissions go to the test's tmp dir."""
     from pipeline.config import load_config
 
-    def make(*overrides, data="demo", model="unet", exp=None, fold=0, root=None):
+    def make(*overrides, data="demo", model="unet", exp=None, fold=0, root=None, name=None):
         base = [f"data.root={root or demo_root}", f"outputs={tmp_path / 'outputs'}",
                 f"submissions={tmp_path / 'submissions'}", "train.progress=false"]
-        return load_config(data, model, exp, base + list(overrides), fold, REPO / "configs")
+        return load_config(data, model, exp, base + list(overrides), fold, REPO / "configs", name)
 
     return make

@@ -16,7 +16,7 @@ def cli(demo_root, tmp_path):
               f"submissions={tmp_path / 'submissions'}", "train.progress=false", *TINY]
 
     def run(stage, *extra):
-        return main([stage, "--configs", str(REPO / "configs"), "exp=e2e", *common, *extra])
+        return main([stage, "--configs", str(REPO / "configs"), "name=e2e", *common, *extra])
 
     return run
 

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from pipeline.config import LossTerm, ModelConfig, TrainConfig
-from pipeline.losses import build_loss
+from pipeline.engine.losses import build_loss
 from pipeline.models import build_model
 from pipeline.models.registry import WeightsError
-from pipeline.optim import ParamGroupError, build_optimizer, check_param_groups, param_groups
+from pipeline.errors import ParamGroupError
+from pipeline.engine.optim import build_optimizer, check_param_groups, param_groups
 from helpers import ARCHS
 
 @pytest.mark.parametrize("arch,encoder,params", ARCHS, ids=[a[0] for a in ARCHS])
@@ -111,7 +112,7 @@ def test_combined_loss_weights():
 def test_median_frequency_weights():
     import numpy as np
 
-    from pipeline.train import median_frequency_weights
+    from pipeline.data.stats import median_frequency_weights
 
     class Src:
         def __init__(self, masks):
@@ -132,7 +133,7 @@ def test_median_frequency_weights():
 
 
 def _sched_lrs(**kw):
-    from pipeline.optim import build_scheduler
+    from pipeline.engine.optim import build_scheduler
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
@@ -156,7 +157,7 @@ def test_cosine_with_warmup_and_poly_schedules():
 
 
 def test_plateau_steps_per_epoch_on_miou():
-    from pipeline.optim import build_scheduler
+    from pipeline.engine.optim import build_scheduler
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)

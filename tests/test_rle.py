@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
-from pipeline import rle
+from pipeline.competition import rle
 
 masks = st.tuples(st.integers(1, 23), st.integers(1, 23)).flatmap(
     lambda hw: arrays(np.bool_, hw, elements=st.booleans()))

@@ -2,9 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import rle
+from pipeline.competition import rle
 from pipeline.config import SubmissionConfig
-from pipeline.submit import SubmissionError, encode_rows, read_submission, validate
+from pipeline.competition.submission import encode_rows, read_submission, validate
+from pipeline.errors import SubmissionError
 
 SC = SubmissionConfig()
 SIZES = {"a": (4, 5), "b": (4, 5)}

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from pipeline import folds, train
+from pipeline.engine.hooks import Hook
+from pipeline.engine.trainer import Trainer
+from pipeline.errors import TrainingError
 from pipeline.data.dataset import SegDataset, eval_transform, train_transform
 from pipeline.data.sources import open_split
 from helpers import ARCHS, REPO, TINY
@@ -37,9 +40,10 @@ def test_every_model_trains_a_few_steps(fold_cfg, arch, encoder, params):
     assert (run_dir / "config.yaml").exists() and (run_dir / "curves.png").exists()
 
 
-def _cli(cfg_args, tmp_path, *extra, check=True):
+def _cli(cfg_args, tmp_path, *extra, check=True, kill_at=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pipeline", "train", *cfg_args, *extra]
+    entry = ["-m", "pipeline", "train"] if kill_at is None else [str(REPO / "tests" / "train_and_kill.py"), str(kill_at)]
+    cmd = [sys.executable, *entry, *cfg_args, *extra]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
@@ -50,12 +54,12 @@ def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path):
     fold_cfg()  # writes folds.csv under tmp_path/outputs
     base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "train.progress=false",
             *TINY, "train.epochs=3", "train.augment=[{name: HorizontalFlip, p: 0.5}]", "train.ema_decay=0.9"]
-    _cli(base + ["exp=straight"], tmp_path)
-    killed = _cli(base + ["exp=killed", "train.fault_kill_at_step=6"], tmp_path, check=False)
+    _cli(base + ["name=straight"], tmp_path)
+    killed = _cli(base + ["name=killed"], tmp_path, check=False, kill_at=6)
     assert killed.returncode == -9  # SIGKILL in the middle of epoch 2 (4 steps per epoch)
     run_dir = tmp_path / "outputs" / "demo" / "runs"
     assert len(pd.read_csv(run_dir / "killed" / "fold0" / "metrics.csv")) == 1
-    resumed = _cli(base + ["exp=killed"], tmp_path)
+    resumed = _cli(base + ["name=killed"], tmp_path)
     assert "resuming" in resumed.stdout
     a = torch.load(run_dir / "straight" / "fold0" / "last.pt", weights_only=False)
     b = torch.load(run_dir / "killed" / "fold0" / "last.pt", weights_only=False)
@@ -67,15 +71,31 @@ def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path):
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(fold_cfg, caplog):
-    cfg = fold_cfg("train.epochs=2")
-    train.run(cfg)
+    cfg = fold_cfg("train.epochs=3")
+    with pytest.raises(_Interrupt):  # stopped after epoch 2: last.pt = epoch 2, last.prev.pt = epoch 1
+        train.run(cfg, hooks=[_RaiseAtEpoch(2)])
     last = cfg.run_dir() / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # truncated mid-write
-    cfg3 = fold_cfg("train.epochs=3")
-    train.run(cfg3)
-    assert "unreadable checkpoint" in caplog.text
+    caplog.set_level("INFO")
+    train.run(cfg)
+    assert "unreadable checkpoint" in caplog.text and "after epoch 1" in caplog.text
     m = pd.read_csv(cfg.run_dir() / "metrics.csv")
     assert m["epoch"].tolist() == [1, 2, 3]  # epoch 2 redone from epoch 1's checkpoint, then 3
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _RaiseAtEpoch(Hook):
+    """Interrupts training after the given epoch has been checkpointed."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_epoch(self, trainer):
+        if trainer.epoch == self.epoch:
+            raise _Interrupt
 
 
 class _NaNLoss(torch.nn.Module):
@@ -99,7 +119,7 @@ def test_nan_steps_are_skipped_and_counted(fold_cfg, monkeypatch):
 
 def test_persistent_nan_stops_the_run(fold_cfg, monkeypatch):
     monkeypatch.setattr(train, "build_loss", lambda *a: _NaNLoss(set(range(1, 100))))
-    with pytest.raises(train.TrainingError, match="3 consecutive non-finite losses"):
+    with pytest.raises(TrainingError, match="3 consecutive non-finite losses"):
         train.run(fold_cfg("train.epochs=1", "train.max_bad_steps=3"))
 
 
@@ -120,7 +140,7 @@ def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = ["-m", "pipeline", "train", f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}",
-            "train.progress=false", *TINY, "exp=ddp"]
+            "train.progress=false", *TINY, "name=ddp"]
     p = subprocess.run(torchrun + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "x2" in p.stdout  # the run reported two ranks
@@ -184,7 +204,7 @@ def test_tensorboard_scalars(fold_cfg):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = fold_cfg("train.epochs=2", "train.tensorboard=true")
+    cfg = fold_cfg("train.epochs=2", "train.trackers=[tensorboard]")
     train.run(cfg)
     acc = EventAccumulator(str(cfg.run_dir() / "tensorboard"))
     acc.Reload()
@@ -195,14 +215,11 @@ def test_tensorboard_scalars(fold_cfg):
 def test_early_stopping_on_val_miou(fold_cfg, monkeypatch):
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])  # best at epoch 2, then two worse validations
 
-    def scripted(model, loader, loss_fn, C, ign, device, dtype, channels_last):
-        s = next(scores)
-        cm = torch.zeros(C, C, dtype=torch.int64)
-        cm[0, 0] = int(s * 100)
-        cm[0, 1] = 100 - int(s * 100)  # IoU of class 0 = s; class 1 IoU 0 -> mean s / 2
-        return cm, torch.tensor([1.0, 1.0], dtype=torch.float64)
+    def scripted(self):
+        self.confusion = np.eye(len(self.class_names), dtype=np.int64)
+        return {"val_loss": 1.0, "val_miou": next(scores) / 2, "pixel_acc": 0.5}
 
-    monkeypatch.setattr(train, "evaluate", scripted)
+    monkeypatch.setattr(Trainer, "validate", scripted)
     out = train.run(fold_cfg("train.epochs=6", "train.patience=2"))
     assert out["early_stopped_at"] == 4 and out["epochs"] == 4
     assert out["best_val_miou"] == pytest.approx(0.35)

@@ -4,7 +4,7 @@ import ttach
 
 from pipeline.config import ModelConfig
 from pipeline.models import build_model
-from pipeline.tta import build_tta, predict_probs
+from pipeline.inference.tta import build_tta, predict_probs
 
 
 class Softmaxed(torch.nn.Module):

@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from pipeline.errors import DataError
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, the record and the field."""
+
 
 
 @dataclass(frozen=True)

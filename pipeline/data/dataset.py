@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
 from pipeline.data.sources import Source
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -20,8 +21,11 @@ def _augmentation(spec: dict) -> A.BasicTransform:
     spec = dict(spec)
     name = spec.pop("name", None)
     if not name or not hasattr(A, name):
-        raise ValueError(f"train.augment: unknown albumentations transform {name!r}")
-    return getattr(A, name)(**spec)
+        raise ConfigError(f"train.augment: unknown albumentations transform {name!r}")
+    try:
+        return getattr(A, name)(**spec)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"train.augment: {name}: {str(e).splitlines()[0]}") from None
 
 
 def train_transform(tc: TrainConfig, ignore_index: int) -> A.Compose:

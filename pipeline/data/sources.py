@@ -13,7 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from pipeline.config import DataConfig
-from pipeline.data.coco import CocoSet, DataError, ImageRecord, ann_to_rle, class_map, load_coco
+from pipeline.errors import DataError
+from pipeline.data.coco import CocoSet, ImageRecord, ann_to_rle, class_map, load_coco
 from pipeline.data.overlap import compose_label_map
 from pipeline.io import save_png
 

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.errors import WeightsError
 from pipeline.models.deconvnet import DeconvNet
 
 
-class WeightsError(ValueError):
-    pass
 
 
 class SegModel(nn.Module):

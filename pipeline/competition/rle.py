@@ -7,15 +7,13 @@ import warnings
 
 import numpy as np
 
+from pipeline.errors import RLEError
+
 ORDERS = {"column": "F", "row": "C"}
 
 
 _INTEGER = re.compile(r"-?[0-9]+")
 _INTEGERS = re.compile(r"\s*-?[0-9]+(\s+-?[0-9]+)*\s*")
-
-
-class RLEError(ValueError):
-    pass
 
 
 def encode(mask: np.ndarray, order: str = "column") -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import ttach
 
+from pipeline.errors import ConfigError
+
 
 def build_tta(names) -> ttach.Compose:
     transforms = []
@@ -16,12 +18,15 @@ def build_tta(names) -> ttach.Compose:
         elif name == "d4":
             transforms += [ttach.HorizontalFlip(), ttach.Rotate90(angles=[0, 90, 180, 270])]
         elif name.startswith("scale:"):
-            scales = [float(s) for s in name.split(":", 1)[1].split(",")]
+            try:
+                scales = [float(s) for s in name.split(":", 1)[1].split(",")]
+            except ValueError:
+                raise ConfigError(f"infer.tta: {name!r}: scales must be numbers, e.g. scale:0.75,1,1.25") from None
             transforms.append(ttach.Scale(scales=scales, interpolation="bilinear", align_corners=False))
         elif name in ("none", ""):
             continue
         else:
-            raise ValueError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
+            raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
     return ttach.Compose(transforms)
 
 

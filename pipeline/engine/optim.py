@@ -2,19 +2,16 @@
 and schedulers. The group builder proves every trainable parameter is in exactly one group."""
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 from torch import nn
 
 from pipeline.config import TrainConfig
+from pipeline.engine.runtime import get_logger
+from pipeline.errors import ParamGroupError
 
-log = logging.getLogger(__name__)
-
-
-class ParamGroupError(RuntimeError):
-    pass
+log = get_logger("pipeline.train")
 
 
 def param_groups(model: nn.Module, tc: TrainConfig) -> list[dict]:
@@ -59,7 +56,7 @@ def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, tc)
     for g in groups:
         n = sum(p.numel() for p in g["params"])
-        log.info("param group %-18s %10d parameters  lr %.2e  weight decay %.1e", g["name"], n, g["lr"], g["weight_decay"])
+        log.info("  param group %-18s %12s params  lr %.2e  wd %.1e", g["name"], f"{n:,d}", g["lr"], g["weight_decay"])
     plain = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
     if tc.optimizer == "sgd":
         return torch.optim.SGD(plain, momentum=tc.momentum, nesterov=True)

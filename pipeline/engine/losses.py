@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.config import LossTerm
+from pipeline.errors import ConfigError
 
 
 class _FP32(nn.Module):
@@ -36,7 +37,7 @@ def build_loss(terms: tuple[LossTerm, ...], num_classes: int, ignore_index: int)
         if t.name == "ce":
             weight = p.pop("class_weights", None)
             if weight is not None and len(weight) != num_classes:
-                raise ValueError(f"train.losses ce.class_weights: {len(weight)} values for {num_classes} classes")
+                raise ConfigError(f"train.losses ce.class_weights: {len(weight)} values for {num_classes} classes")
             loss = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32) if weight else None,
                                        ignore_index=ignore_index, label_smoothing=float(p.pop("label_smoothing", 0.0)))
         elif t.name == "dice":
@@ -46,8 +47,8 @@ def build_loss(terms: tuple[LossTerm, ...], num_classes: int, ignore_index: int)
         elif t.name == "lovasz":
             loss = _FP32(smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index, **p))
         else:
-            raise ValueError(f"unknown loss {t.name!r}")
+            raise ConfigError(f"unknown loss {t.name!r}")
         if t.name == "ce" and p:
-            raise ValueError(f"train.losses ce: unknown parameter(s) {sorted(p)}")
+            raise ConfigError(f"train.losses ce: unknown parameter(s) {sorted(p)}")
         built.append((t.name, t.weight, loss))
     return Combined(built)

@@ -1,0 +1,1 @@
+"""What a competition defines: its metric, its RLE and its submission file."""

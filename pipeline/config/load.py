@@ -1,0 +1,299 @@
+"""Loading: YAML layers (base <- data <- model <- exp, where an exp file may `extends:` another)
+<- key=value overrides, merged and interpolated by OmegaConf, then built strictly into the schema's
+frozen dataclasses from their type hints: a bool field takes only true/false, an int field no
+bool, and every unknown key is named. OmegaConf's own structured-config typing is not used for
+this because it converts silently (it reads `channels_last=1` as true)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config.schema import (Config, DataConfig, FoldsConfig, InferConfig, LossTerm, ModelConfig,
+                                    SubmissionConfig, TrainConfig)
+from pipeline.errors import ConfigError
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "infer": InferConfig,
+            "folds": FoldsConfig, "submission": SubmissionConfig}
+TOP_LEVEL = set(SECTIONS) | {"outputs", "submissions"}
+SAVED_ONLY = {"exp", "fold"}  # a resolved config.yaml also records the run it belongs to
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        node = OmegaConf.load(path)
+    except (OmegaConfBaseException, Exception) as e:  # yaml.YAMLError and OmegaConf's own
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not OmegaConf.is_dict(node):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return OmegaConf.to_container(node, resolve=False)
+
+
+def parse_override(text: str) -> dict:
+    """`train.epochs=3` -> {"train": {"epochs": 3}}; the value is read as YAML (OmegaConf's loader,
+    which reads 1e-3 as a number)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, value = text.split("=", 1)
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        node: Any = OmegaConf.to_container(OmegaConf.create({"v": None}) if value == "" else
+                                           OmegaConf.create(f"v: {value}"), resolve=False)["v"]
+    except (OmegaConfBaseException, Exception) as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({str(e).splitlines()[0]})") from None
+    for part in reversed(key.strip().split(".")):
+        node = {part: node}
+    return node
+
+
+def _merge(base: dict, over: dict) -> dict:
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(base, over), resolve=False)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot merge config layers: {str(e).splitlines()[0]}") from None
+
+
+def _exp_layers(root: Path, exp: str, seen: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
+    """The exp file and, first, the chain of files it extends."""
+    path = root / "exp" / f"{exp}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / "exp").glob("*.yaml"))
+        where = f" (extended by {seen[-1]})" if seen else ""
+        raise ConfigError(f"exp={exp}{where}: no file {path}; experiments: {known}. "
+                          f"To name a new run without an experiment file, use name={exp}")
+    if exp in seen:
+        raise ConfigError(f"{path}: `extends` makes a cycle: {' -> '.join(seen + (exp,))}")
+    parent = _read_yaml(path).get("extends")
+    if parent is None:
+        return [("exp", path)]
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: expected an experiment name, got {parent!r}")
+    return _exp_layers(root, parent, seen + (exp,)) + [("exp", path)]
+
+
+def _layer(kind: str, path: Path) -> dict:
+    layer = _read_yaml(path)
+    layer.pop("extends", None)
+    if kind in ("data", "model") and not set(layer) & TOP_LEVEL:  # a data/model file may hold just its section
+        layer = {kind: layer}
+    bad = sorted(set(layer) & SAVED_ONLY)
+    if bad:
+        raise ConfigError(f"{path}: top-level {bad} belong on the command line (exp=, name=, fold=), not in a file")
+    return layer
+
+
+def load_config(data: str = "demo", model: str = "unet", exp: str | None = None,
+                overrides: list[str] | tuple[str, ...] = (), fold: int = 0, config_dir: str | Path = "configs",
+                name: str | None = None) -> Config:
+    """The run's configuration from the named layers. `exp` must name a file under configs/exp/;
+    `name` names the run (default: the exp, else the model)."""
+    root = Path(config_dir)
+    layers = [("base", root / "base.yaml"), ("data", root / "data" / f"{data}.yaml"),
+              ("model", root / "model" / f"{model}.yaml")]
+    if exp:
+        layers += _exp_layers(root, exp)
+    merged: dict = {}
+    for kind, path in layers:
+        merged = _merge(merged, _layer(kind, path))
+    for text in overrides:
+        merged = _merge(merged, parse_override(text))
+    merged.setdefault("data", {}).setdefault("name", data)
+    merged.setdefault("model", {}).setdefault("name", model)
+    merged["exp"] = name or exp or model
+    merged["fold"] = fold
+    return build_config(merged)
+
+
+def load_config_file(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                     fold: int | None = None) -> Config:
+    """A resolved config.yaml saved in a run folder, with optional overrides: the same run again."""
+    merged = _read_yaml(Path(path))
+    for text in overrides:
+        merged = _merge(merged, parse_override(text))
+    if fold is not None:
+        merged["fold"] = fold
+    missing = sorted(set(SECTIONS) - set(merged))
+    if missing:
+        raise ConfigError(f"{path}: not a resolved run config (no {missing}); pass data=/model=/exp= instead")
+    return build_config(merged, where=str(path))
+
+
+def build_config(merged: dict, where: str = "config") -> Config:
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: interpolation failed: {str(e).splitlines()[0]}") from None
+    unknown = sorted(set(resolved) - TOP_LEVEL - SAVED_ONLY)
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL)}")
+    built = {name: _build(cls, resolved.get(name), name) for name, cls in SECTIONS.items()}
+    cfg = Config(**built, exp=_coerce(str, resolved.get("exp"), "exp"), fold=_coerce(int, resolved.get("fold", 0), "fold"),
+                 outputs=_coerce(str, resolved.get("outputs", "outputs"), "outputs"),
+                 submissions=_coerce(str, resolved.get("submissions", "submissions"), "submissions"))
+    _validate(cfg)
+    return cfg
+
+
+def _build(cls, values: Any, where: str):
+    """A frozen dataclass from a mapping: unknown keys named, every value checked against its hint."""
+    if values is None:
+        values = {}
+    if cls is LossTerm and isinstance(values, str):
+        values = {"name": values}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(tp, value: Any, where: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        arms = [a for a in args if a is not type(None)]
+        errors = []
+        for arm in arms:
+            try:
+                return _coerce(arm, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(arms) == 1 else
+                          f"{where}: expected {' or '.join(map(_type_name, args))}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is tuple:
+        if value is None:
+            raise ConfigError(f"{where}: expected a list, got null")
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(items))
+        if len(items) != len(args):
+            shape = "[height, width]" if where.endswith(("crop", "resize")) else f"{len(args)} values"
+            raise ConfigError(f"{where}: expected {shape}, got {items}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, items)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+_CHOICES = {
+    "data.format": ("coco", "maskdir"),
+    "data.overlap": ("area_desc", "order", "priority", "ignore"),
+    "data.unlabelled": ("background", "ignore"),
+    "submission.rle_order": ("column", "row"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.scheduler": ("cosine", "poly", "plateau", "none"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.on_change": ("refuse", "restart"),
+}
+TRACKERS = ("tensorboard", "mlflow")
+LOSSES = ("ce", "dice", "focal", "lovasz")
+_TTA = re.compile(r"^(hflip|vflip|d4|none|scale:\d+(\.\d+)?(,\d+(\.\d+)?)*)$")
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-field checks, so a mistake fails here and not an hour into training."""
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {allowed}")
+    d, t, f = cfg.data, cfg.train, cfg.folds
+    for name in d.priority:
+        if name not in d.classes:
+            raise ConfigError(f"data.priority: {name!r} is not a class")
+    if d.overlap == "priority" and not d.priority:
+        raise ConfigError("data.priority: required when data.overlap is 'priority'")
+    if not d.num_classes <= d.ignore_index <= 255:
+        raise ConfigError(f"data.ignore_index: {d.ignore_index} must be in 0..255 (label maps are 8-bit) "
+                          f"and not a class index (0..{d.num_classes - 1})")
+    for c in cfg.submission.class_ids:
+        if not 0 <= c < d.num_classes:
+            raise ConfigError(f"submission.class_ids: {c} is outside 0..{d.num_classes - 1}")
+    if f.k < 2:
+        raise ConfigError("folds.k: at least 2 folds")
+    if f.group_regex is not None:
+        try:
+            re.compile(f.group_regex)
+        except re.error as e:
+            raise ConfigError(f"folds.group_regex: {f.group_regex!r} is not a regular expression ({e})") from None
+    if t.epochs < 1 or t.batch_size < 1 or t.accum_steps < 1 or t.val_every < 1:
+        raise ConfigError("train.epochs, train.batch_size, train.accum_steps and train.val_every must be >= 1")
+    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
+        raise ConfigError(f"train.max_steps_per_epoch: {t.max_steps_per_epoch} trains nothing; use null or >= 1")
+    if t.num_workers < 0 or cfg.infer.num_workers < 0 or cfg.infer.batch_size < 1:
+        raise ConfigError("train.num_workers and infer.num_workers must be >= 0, infer.batch_size >= 1")
+    for key in ("crop", "resize"):
+        v = getattr(t, key)
+        if v is not None and not all(x > 0 for x in v):
+            raise ConfigError(f"train.{key}: expected [height, width] > 0, got {list(v)}")
+    for term in t.losses:
+        if term.name not in LOSSES:
+            raise ConfigError(f"train.losses: unknown loss {term.name!r} ({', '.join(LOSSES)})")
+    for name in t.trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"train.trackers: unknown tracker {name!r} ({', '.join(TRACKERS)})")
+    for name in cfg.infer.tta:
+        if not _TTA.match(name):
+            raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)), sort_keys=False)

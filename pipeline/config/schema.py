@@ -1,0 +1,154 @@
+"""The configuration schema: frozen dataclasses, one per concern. `pipeline.config.load` merges
+the YAML layers with OmegaConf and builds these strictly from their type hints; stages receive a
+`Config` and never read files or environment on their own."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    annotations: str | None = None  # COCO json, relative to the data root
+    images: str | None = None  # image folder (maskdir) or base folder of COCO file_name
+    masks: str | None = None  # PNG label maps with the same stems as the images
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str
+    root: str
+    format: str = "coco"  # coco | maskdir
+    classes: tuple[str, ...] = ()
+    ignore_index: int = 255
+    unlabelled: str = "background"  # COCO pixels with no annotation: "background" (class 0) or "ignore"
+    category_map: dict = field(default_factory=dict)  # COCO category id -> class index; default by name
+    overlap: str = "area_desc"  # area_desc | order | priority | ignore
+    priority: tuple[str, ...] = ()  # for overlap=priority: class names, highest first
+    strict: bool = True
+    train: SplitConfig = SplitConfig()
+    val: SplitConfig | None = None
+    test: SplitConfig | None = None
+    truth: SplitConfig | None = None  # local ground truth of the test split (the organisers' labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class FoldsConfig:
+    k: int = 5
+    seed: int = 42
+    group_regex: str | None = None  # first capture group (or whole match) of the image stem
+    holdout: str | None = None  # "val": the competition's val split becomes one extra fold
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    id_column: str = "ImageId"
+    class_column: str = "ClassId"
+    rle_column: str = "EncodedPixels"
+    rle_order: str = "column"  # column (top-to-bottom, then left-to-right) | row
+    class_ids: tuple[int, ...] = ()  # classes that get a row; default: every class
+    empty_rows: bool = True  # a row with empty EncodedPixels for absent classes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    arch: str  # deconvnet or an SMP architecture name (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, PSPNet, Segformer)
+    encoder_name: str = "resnet34"
+    encoder_weights: str | None = None  # None, a local file, or an SMP name resolved from the torch-hub cache
+    pad_multiple: int = 32
+    params: dict = field(default_factory=dict)  # extra keyword arguments of the architecture
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    name: str  # ce | dice | focal | lovasz
+    weight: float = 1.0
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 8
+    crop: tuple[int, int] | None = None  # random crop (h, w) for training; None trains on whole images
+    resize: tuple[int, int] | None = None  # resize (h, w) before cropping, train and val alike
+    optimizer: str = "adamw"  # adamw | sgd
+    lr_encoder: float = 1e-4
+    lr_decoder: float = 1e-3
+    wd_encoder: float = 1e-4
+    wd_decoder: float = 1e-4
+    no_decay_norm_bias: bool = True
+    momentum: float = 0.9
+    scheduler: str = "cosine"  # cosine (with warm-up) | poly | plateau | none
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.01
+    poly_power: float = 0.9
+    plateau_patience: int = 3
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    ema_decay: float | None = None
+    amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16) | bf16 | fp16 | off
+    channels_last: bool = True
+    compile: bool = False
+    patience: int | None = None  # early stopping, in validations without a better val mIoU
+    val_every: int = 1  # validate every N epochs (and always after the last)
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    num_workers: int = 0
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    losses: tuple[LossTerm, ...] = (LossTerm("ce"),)
+    augment: tuple[dict, ...] = ()  # albumentations transforms by class name, train only
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+    trackers: tuple[str, ...] = ()  # besides metrics.csv: tensorboard | mlflow
+    mlflow_uri: str | None = None  # default: file store <outputs>/mlruns (`mlflow ui --backend-store-uri` it)
+    on_change: str = "refuse"  # a run folder started with another config: refuse | restart (old run kept aside)
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    tta: tuple[str, ...] = ("hflip",)  # hflip | vflip | d4 | scale:<s1>,<s2>...
+    experiments: tuple[str, ...] = ()  # default: the current experiment
+    folds: tuple[int, ...] = ()  # default: every fold with a best checkpoint
+    weights: tuple[float, ...] = ()  # one per experiment (default equal)
+    batch_size: int = 8
+    num_workers: int = 2  # image decoding in loader workers, so the model is not left waiting
+    save_probs: bool = False
+    oof: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    infer: InferConfig
+    folds: FoldsConfig
+    submission: SubmissionConfig
+    exp: str
+    fold: int = 0
+    outputs: str = "outputs"
+    submissions: str = "submissions"
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.data.root)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.outputs) / self.data.name
+
+    def run_dir(self, fold: int | None = None, exp: str | None = None) -> Path:
+        return self.out_dir / "runs" / (exp or self.exp) / f"fold{self.fold if fold is None else fold}"
+
+    def preds_dir(self, exp: str | None = None) -> Path:
+        return self.out_dir / "preds" / (exp or self.exp)
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.out_dir / "folds.csv"

@@ -1,0 +1,62 @@
+"""The labelled pool of the folds (the train split, plus a holdout split when folds use one) in
+folds.csv order, and each fold's train/validation indices into it. Training and inference share it."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.data.sources import Source, open_split
+from pipeline.errors import DataError
+
+
+class ConcatSource(Source):
+    def __init__(self, sources: list[Source]):
+        self.parts = [(s, i) for s in sources for i in range(len(s))]
+        self.records = [s.records[i] for s, i in self.parts]
+        self.num_classes, self.ignore_index = sources[0].num_classes, sources[0].ignore_index
+        self.labelled, self.skipped = True, []
+
+    def image(self, i):
+        s, j = self.parts[i]
+        return s.image(j)
+
+    def mask(self, i):
+        s, j = self.parts[i]
+        return s.mask(j)
+
+
+def read_folds(cfg: Config) -> pd.DataFrame:
+    if not cfg.folds_csv.exists():
+        raise DataError(f"{cfg.folds_csv}: not found; run `make folds DATA={cfg.data.name}` first")
+    return pd.read_csv(cfg.folds_csv, dtype={"image_id": str})
+
+
+def labelled_pool(cfg: Config) -> tuple[Source, pd.DataFrame]:
+    """The images named in folds.csv, in its order, and the table with an `index` column into the pool."""
+    folds = read_folds(cfg)
+    cache = cfg.out_dir / "cache"
+    sources, rows = [], []
+    for split in folds["split"].unique():
+        src = open_split(cfg.data, split, cache_dir=cache)
+        pos = {r.stem: k for k, r in enumerate(src.records)}
+        part = folds[folds["split"] == split]
+        missing = [s for s in part["image_id"] if s not in pos]
+        if missing:
+            raise DataError(f"{cfg.folds_csv}: image {missing[0]!r} (split {split}) is not in the data; "
+                            "the folds are stale: re-run `make folds`")
+        sources.append(src)
+        rows.append(part.assign(_src=len(sources) - 1, _pos=part["image_id"].map(pos)))
+    pool = ConcatSource(sources)
+    offsets = np.cumsum([0] + [len(s) for s in sources])
+    table = pd.concat(rows, ignore_index=True)
+    table["index"] = offsets[table["_src"].to_numpy()] + table["_pos"].to_numpy()
+    return pool, table.drop(columns=["_src", "_pos"])
+
+
+def fold_indices(table: pd.DataFrame, fold: int, where: str = "folds.csv") -> tuple[list[int], list[int]]:
+    """(train, validation) pool indices of one fold."""
+    known = sorted(int(k) for k in set(table["fold"]))
+    if fold not in known:
+        raise DataError(f"fold {fold} is not in {where} (folds: {known})")
+    return (table.loc[table["fold"] != fold, "index"].tolist(), table.loc[table["fold"] == fold, "index"].tolist())

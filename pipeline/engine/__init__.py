@@ -1,0 +1,1 @@
+"""The training engine: runtime, trainer, hooks, trackers, checkpoints, losses, optimisers."""

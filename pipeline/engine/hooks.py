@@ -1,0 +1,181 @@
+"""Hooks: everything the training loop does besides training. Each is called at `before_train`,
+`after_step` (every optimiser step), `after_epoch` and `after_train`, and saves its own state in the
+trainer's checkpoint through `state_dict()`. Order matters after an epoch: hooks that decide
+(early stopping) run before those that record, and `Checkpoint` after every hook whose state it saves."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.engine import checkpoint
+from pipeline.engine.runtime import get_logger
+from pipeline.io import save_figure, write_text
+
+log = get_logger("pipeline.train")
+
+
+class Hook:
+    name = "hook"
+
+    def before_train(self, trainer) -> None:
+        pass
+
+    def after_step(self, trainer) -> None:
+        pass
+
+    def after_epoch(self, trainer) -> None:
+        pass
+
+    def after_train(self, trainer) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EarlyStopping(Hook):
+    """Stops after `patience` validations without a better val mIoU (None: never)."""
+    name = "early_stopping"
+
+    def __init__(self, patience: int | None):
+        self.patience, self.bad = patience, 0
+
+    def _check(self, trainer) -> None:
+        if self.patience is not None and self.bad >= self.patience:
+            trainer.stop(f"early stop after epoch {trainer.epoch}: no better val mIoU for {self.patience} validations")
+
+    def before_train(self, trainer) -> None:
+        self._check(trainer)  # a resumed run that had already stopped
+
+    def after_epoch(self, trainer) -> None:
+        if trainer.validated:
+            self.bad = 0 if trainer.improved else self.bad + 1
+            self._check(trainer)
+
+    def state_dict(self) -> dict:
+        return {"bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bad = state["bad"]
+
+
+class MetricsCSV(Hook):
+    name = "metrics_csv"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def after_epoch(self, trainer) -> None:
+        write_text(self.path, pd.DataFrame(trainer.history).to_csv(index=False))
+
+
+class Checkpoint(Hook):
+    """last.pt every epoch (the previous one kept), best.pt when val mIoU improved: the eval model
+    (EMA when on) with what inference needs to rebuild it."""
+    name = "checkpoint"
+
+    def __init__(self, run_dir: Path, meta: dict):
+        self.run_dir, self.meta = Path(run_dir), meta
+
+    def after_epoch(self, trainer) -> None:
+        meta = {**self.meta, "epoch": trainer.epoch - 1, "val_miou": trainer.history[-1]["val_miou"]}
+        if trainer.improved:
+            checkpoint.save(self.run_dir / "best.pt", {"model": trainer.eval_model.state_dict(), "optimizer": None,
+                                                       **meta}, keep_previous=False)
+        checkpoint.save(self.run_dir / "last.pt", {**trainer.state_dict(), **meta})
+
+
+class Plots(Hook):
+    """Loss and mIoU curves and the normalised confusion matrix, on epochs that validated
+    (matplotlib costs about a second: not worth it on the others)."""
+    name = "plots"
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def after_epoch(self, trainer) -> None:
+        if trainer.validated:
+            history = pd.DataFrame(trainer.history).dropna(subset=["val_miou"])
+            plot_curves(history, self.run_dir / "curves.png")
+            plot_confusion(trainer.confusion, trainer.class_names, self.run_dir / "confusion.png")
+
+
+class ConsoleLog(Hook):
+    name = "console"
+
+    def after_epoch(self, trainer) -> None:
+        r = trainer.history[-1]
+        val = (f"val loss {r['val_loss']:.4f}  val mIoU {r['val_miou']:.4f}{' *' if trainer.improved else ''}"
+               if trainer.validated else "(no validation)")
+        skipped = f", {r['bad_steps']} skipped steps" if r["bad_steps"] else ""
+        log.info("epoch %d/%d  train loss %.4f  %s  (%.1fs%s)", r["epoch"], trainer.tc.epochs, r["train_loss"], val,
+                 r["seconds"], skipped)
+
+    def after_train(self, trainer) -> None:
+        if trainer.stop_reason:
+            log.info("train: %s", trainer.stop_reason)
+
+
+class KillAtStep(Hook):
+    """Fault injection for tests: a real SIGKILL after the given optimiser step."""
+    name = "kill_at_step"
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, trainer) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def plot_curves(history: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(history["epoch"], history["train_loss"], label="train")
+    a.plot(history["epoch"], history["val_loss"], label="val")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(history["epoch"], history["val_miou"], marker="o")
+    b.set_xlabel("epoch")
+    b.set_ylabel("val mIoU")
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, classes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 0.5 * len(classes) + 0.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def checkpoint_meta(cfg) -> dict:
+    """What best.pt must carry for inference to rebuild the model without the run's config."""
+    return {"model_cfg": dataclasses.asdict(cfg.model), "classes": list(cfg.data.classes),
+            "resize": cfg.train.resize, "fold": cfg.fold, "exp": cfg.exp}

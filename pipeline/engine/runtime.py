@@ -1,0 +1,125 @@
+"""Where a run executes: the process's rank under torchrun, the device, AMP dtype and memory format,
+seeding and the RNG state that a checkpoint carries, and a logger that speaks on rank zero only."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from pipeline.config import TrainConfig
+from pipeline.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, environ) -> "DistInfo":
+        """torchrun's contract is its environment; the CLI reads it once and passes this down."""
+        return cls(int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)), int(environ.get("LOCAL_RANK", 0)))
+
+
+class _RankZero(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (tdist.is_available() and tdist.is_initialized() and tdist.get_rank() != 0)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger whose records are dropped on every rank but zero (instead of `if rank == 0: print`)."""
+    log = logging.getLogger(name)
+    if not any(isinstance(f, _RankZero) for f in log.filters):
+        log.addFilter(_RankZero())
+    return log
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("train.device=cuda but no CUDA device is available (use train.device=auto or cpu)")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def amp_dtype(mode: str, device: torch.device):
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None runs in fp32
+    channels_last: bool
+    dist: DistInfo
+
+    @classmethod
+    def create(cls, tc: TrainConfig, dist: DistInfo = DistInfo()) -> "Runtime":
+        """Resolve the device, join the process group under torchrun, and seed."""
+        device = resolve_device(tc.device, dist.local_rank)
+        if dist.world > 1 and not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = True
+        seed_everything(tc.seed)
+        return cls(device, amp_dtype(tc.amp, device), tc.channels_last and device.type == "cuda", dist)
+
+    def to_device(self, x: torch.Tensor, image: bool = False) -> torch.Tensor:
+        fmt = torch.channels_last if (image and self.channels_last) else torch.preserve_format
+        return x.to(self.device, non_blocking=True, memory_format=fmt)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def all_reduce(self, *tensors: torch.Tensor, op=None) -> None:
+        if self.dist.world > 1:
+            for t in tensors:
+                tdist.all_reduce(t, op=op or tdist.ReduceOp.SUM)
+
+    def barrier(self) -> None:
+        if self.dist.world > 1:
+            tdist.barrier()
+
+    def no_sync(self, net, skip: bool):
+        """DDP's no_sync for accumulation micro-steps; a no-op in one process."""
+        return net.no_sync() if (skip and self.dist.world > 1) else contextlib.nullcontext()

@@ -1,0 +1,1 @@
+"""Inference: batched TTA, fold/experiment ensembles over a DataLoader, out-of-fold predictions."""

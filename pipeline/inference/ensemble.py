@@ -1,0 +1,121 @@
+"""Fold/experiment ensembles: the best checkpoint of each member, batched TTA, softmax averaged over
+views and members (weighted), resized back to each image's own size. Images are decoded once per
+batch in DataLoader workers and transformed once per distinct input size of the members, so the
+model is not left waiting on JPEG decoding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import Config, ModelConfig, TrainConfig
+from pipeline.data.dataset import eval_transform, to_tensor
+from pipeline.data.sources import Source
+from pipeline.engine import checkpoint
+from pipeline.engine.runtime import Runtime
+from pipeline.errors import ConfigError
+from pipeline.io import save_png, write_with
+from pipeline.inference.tta import predict_probs
+from pipeline.models import build_model
+
+
+@dataclass(frozen=True)
+class Member:
+    exp: str
+    fold: int
+    path: Path
+    weight: float
+
+
+def find_members(cfg: Config) -> dict[int, list[Member]]:
+    """fold -> the best checkpoints of every requested experiment for that fold."""
+    exps = cfg.infer.experiments or (cfg.exp,)
+    weights = cfg.infer.weights or (1.0,) * len(exps)
+    if len(weights) != len(exps):
+        raise ConfigError(f"infer.weights: {len(weights)} weight(s) for {len(exps)} experiment(s)")
+    found: dict[int, list[Member]] = {}
+    for exp, w in zip(exps, weights):
+        runs = cfg.out_dir / "runs" / exp
+        folds = sorted(int(p.name[4:]) for p in runs.glob("fold*") if p.name[4:].isdigit() and (p / "best.pt").exists())
+        if cfg.infer.folds:
+            missing = sorted(set(cfg.infer.folds) - set(folds))
+            if missing:
+                raise FileNotFoundError(f"{runs}: no best.pt for fold(s) {missing}; train them first")
+            folds = list(cfg.infer.folds)
+        if not folds:
+            raise FileNotFoundError(f"{runs}: no trained fold (best.pt); run `make train` first")
+        for k in folds:
+            found.setdefault(k, []).append(Member(exp, k, runs / f"fold{k}" / "best.pt", w))
+    return found
+
+
+def load_model(path: Path, device: torch.device):
+    state = checkpoint.load_weights(path)
+    model = build_model(ModelConfig(**state["model_cfg"]), len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+class _Images(Dataset):
+    """(one tensor per input size, source index[, label map]) for each image."""
+
+    def __init__(self, source: Source, indices, transforms: dict, with_mask: bool):
+        self.source, self.indices, self.transforms, self.with_mask = source, list(indices), transforms, with_mask
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = self.indices[k]
+        image = self.source.image(i)
+        views = {key: to_tensor(t(image=image)["image"]) for key, t in self.transforms.items()}
+        return (views, i, torch.from_numpy(self.source.mask(i).astype(np.int64))) if self.with_mask else (views, i)
+
+
+class Ensemble:
+    def __init__(self, members: list[Member], rt: Runtime, tta):
+        self.rt, self.tta, self.models = rt, tta, []
+        for m in members:
+            model, state = load_model(m.path, rt.device)
+            model = rt.prepare(model)
+            resize = tuple(state["resize"]) if state.get("resize") else None
+            self.models.append((model, str(resize), m.weight, eval_transform(TrainConfig(resize=resize))))
+        self.transforms = {key: t for _, key, _, t in self.models}
+        self.total_weight = sum(w for _, _, w, _ in self.models)
+
+    def predict(self, source: Source, indices: list[int], batch_size: int, num_workers: int = 0,
+                with_mask: bool = False):
+        """Yields (source index, probabilities C x H x W at the original size on the CPU[, label map]),
+        batch by batch, in the order of `indices`."""
+        sizes = {(source.records[i].height, source.records[i].width) for i in indices}
+        loader = DataLoader(_Images(source, indices, self.transforms, with_mask),
+                            batch_size=batch_size if len(sizes) == 1 else 1, num_workers=num_workers,
+                            pin_memory=self.rt.device.type == "cuda")
+        for batch in loader:
+            views, idx = batch[0], batch[1].tolist()
+            h, w = source.records[idx[0]].height, source.records[idx[0]].width
+            acc = None
+            for model, key, weight, _ in self.models:
+                p = predict_probs(model, self.rt.to_device(views[key], image=True), self.tta, self.rt.dtype)
+                if p.shape[-2:] != (h, w):
+                    p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+                acc = p * weight if acc is None else acc + p * weight
+            acc = (acc / self.total_weight).cpu()
+            if with_mask:
+                yield from zip(idx, acc, batch[2])
+            else:
+                yield from zip(idx, acc)
+
+
+def save_prediction(out: Path, stem: str, probs: torch.Tensor, save_probs: bool) -> np.ndarray:
+    """labels/<stem>.png (argmax) and, when asked, probs/<stem>.npz (float16); returns the label map."""
+    label = probs.argmax(0).numpy().astype(np.uint8)
+    save_png(out / "labels" / f"{stem}.png", label)
+    if save_probs:
+        write_with(out / "probs" / f"{stem}.npz",
+                   lambda f: np.savez_compressed(f, probs=probs.numpy().astype(np.float16)))
+    return label

@@ -1,0 +1,40 @@
+"""Out-of-fold predictions: each fold's models predict that fold's validation images, so every
+labelled image is scored by models that never trained on it. Their dataset-level mIoU is the CV."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.competition.metrics import IoUMeter
+from pipeline.config import Config
+from pipeline.data.pool import fold_indices, labelled_pool
+from pipeline.engine.runtime import Runtime
+from pipeline.errors import DataError
+from pipeline.inference.ensemble import Ensemble, Member, save_prediction
+from pipeline.io import write_json
+
+
+def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta, out: Path) -> dict:
+    pool, table = labelled_pool(cfg)
+    C, ign = cfg.data.num_classes, cfg.data.ignore_index
+    pooled, per_fold, n = IoUMeter(C, ign), {}, 0
+    for fold, members in sorted(by_fold.items()):
+        _, idx = fold_indices(table, fold, str(cfg.folds_csv))
+        meter = IoUMeter(C, ign)
+        preds = Ensemble(members, rt, tta).predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
+        for i, p, truth in preds:
+            label = save_prediction(out, pool.records[i].stem, p, False)
+            pooled.update(label, truth)
+            meter.update(label, truth)
+            n += 1
+        per_fold[int(fold)] = meter.compute()["miou"]
+    if n == 0:
+        raise DataError("OOF: no validation images in the trained folds")
+    m = pooled.compute()
+    scores = np.array(list(per_fold.values()))
+    result = {"cv_miou": m["miou"], "oof_images": n, "cv_pixel_acc": m["pixel_acc"],
+              "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()), "cv_fold_std": float(scores.std()),
+              "cv_iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(cfg.data.classes, m["iou"])}}
+    write_json(out / "score.json", result)
+    return result

@@ -1,0 +1,53 @@
+"""The ensemble reads images through a DataLoader: each image decoded once per batch whatever the
+number of members, and the same predictions with or without loader workers."""
+import torch
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.data.sources import open_split
+from pipeline.engine import checkpoint
+from pipeline.engine.runtime import DistInfo, Runtime
+from pipeline.inference.ensemble import Ensemble, Member
+from pipeline.inference.tta import build_tta
+from pipeline.models import build_model
+
+
+class CountingSource:
+    def __init__(self, source):
+        self.source, self.records, self.calls = source, source.records, 0
+
+    def image(self, i):
+        self.calls += 1
+        return self.source.image(i)
+
+    def mask(self, i):
+        return self.source.mask(i)
+
+
+def _members(tmp_path, classes, n=2):
+    out = []
+    for k in range(n):
+        torch.manual_seed(k)
+        mc = ModelConfig(name="tiny", arch="deconvnet", params={"width": 0.125, "fc_channels": 16})
+        model = build_model(mc, len(classes))
+        path = tmp_path / f"m{k}.pt"
+        checkpoint.save(path, {"model": model.state_dict(), "optimizer": None, "epoch": 0,
+                               "model_cfg": mc.__dict__, "classes": classes, "resize": None}, keep_previous=False)
+        out.append(Member("e", k, path, 1.0 + k))
+    return out
+
+
+def test_each_image_is_decoded_once_and_workers_change_nothing(make_cfg, tmp_path):
+    cfg = make_cfg()
+    src = open_split(cfg.data, "train")
+    rt = Runtime.create(TrainConfig(device="cpu"), DistInfo())
+    ens = Ensemble(_members(tmp_path, list(cfg.data.classes)), rt, build_tta(["hflip"]))
+    counting = CountingSource(src)
+    idx = [0, 3, 5, 7, 8]
+    plain = list(ens.predict(counting, idx, batch_size=2, num_workers=0, with_mask=True))
+    assert counting.calls == len(idx)  # two members, one decode per image
+    workers = list(ens.predict(src, idx, batch_size=2, num_workers=2))
+    assert [i for i, _, _ in plain] == [i for i, _ in workers] == idx
+    for (_, a, truth), (_, b) in zip(plain, workers):
+        assert torch.equal(a, b)
+        assert a.shape == (len(cfg.data.classes), *truth.shape)
+        assert torch.allclose(a.sum(0), torch.ones_like(a[0]), atol=1e-5)  # a weighted mean of softmaxes
