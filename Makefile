@@ -60,12 +60,13 @@ score: install
 demo: install demo-data
 	$(MAKE) --no-print-directory eda folds train-all infer-tta submission score DATA=demo EXP=demo
 
-# The CamVid recipe (2 CPU cores, ~75 min): sequence-grouped folds, UNet-ResNet18 from scratch on
-# the train split validated on val (fold 3), hflip TTA, submission in the competition's format.
+# The CamVid recipe: leave-one-sequence-out folds over train+val (three drives), one model per fold
+# (the OOF score is the sequence-level CV), the fold ensemble with hflip TTA predicts the test set,
+# and the submission is written in the competition's format.
 CAMVID_EXP ?= camvid_unet
 camvid: install
 	$(RUN) folds data=camvid $(ARGS)
-	$(RUN) train data=camvid exp=$(CAMVID_EXP) fold=3 $(ARGS)
+	$(RUN) train-all data=camvid exp=$(CAMVID_EXP) $(ARGS)
 	$(RUN) infer data=camvid exp=$(CAMVID_EXP) $(ARGS)
 	$(RUN) submit data=camvid exp=$(CAMVID_EXP) $(ARGS)
 

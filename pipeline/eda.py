@@ -16,6 +16,7 @@ from tqdm import tqdm
 from pipeline.config import Config
 from pipeline.data.coco import CocoSet, ann_to_rle, load_coco
 from pipeline.data.overlap import paint_order
+from pipeline.data.stats import LabelStats, check_label_share
 from pipeline.data.sources import MaskDirSource, open_split, read_image
 from pipeline.io import save_figure, write_json, write_text
 
@@ -117,11 +118,13 @@ def _policy_changes(anns, rles, multi_rle, policies, priority, multi_pixels: int
 def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict:
     c = len(classes)
     pixels, images = np.zeros(c, np.int64), np.zeros(c, np.int64)
-    classes_per_image, sizes = [], []
+    classes_per_image, sizes, ignored = [], [], 0
     for i in tqdm(range(len(src)), desc="eda", disable=None if progress else True, leave=False):
         m = src.mask(i)
         sizes.append(m.shape)
-        counts = np.bincount(m[m != src.ignore_index].ravel(), minlength=c)[:c]
+        keep = m != src.ignore_index
+        ignored += int(m.size - np.count_nonzero(keep))
+        counts = np.bincount(m[keep].ravel(), minlength=c)[:c]
         pixels += counts
         images += counts > 0
         classes_per_image.append(int((counts > 0).sum()))
@@ -131,7 +134,8 @@ def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict
             "categories": cats,
             "overlap": {"images_with_multilabel_pixels": 0, "multilabel_pixels": 0, "pairs": [],
                         "policy_pixels_changed_vs_order": {}},
-            "classes_per_image": classes_per_image, "image_sizes": [list(s) for s in sizes]}
+            "classes_per_image": classes_per_image, "image_sizes": [list(s) for s in sizes],
+            "ignored_pixels": ignored, "total_pixels": int(sum(h * w for h, w in sizes))}
 
 
 def _plots(summary: dict, out: Path, samples) -> list[str]:
@@ -273,6 +277,10 @@ def run(cfg: Config, split: str = "train") -> dict:
     plots = _plots(summary, out, samples)
     write_json(out / "summary.json", summary)
     write_text(out / "report.md", _report(summary, plots, source))
+    if "ignored_pixels" in summary:  # written first, so the numbers behind the stop can be read
+        stats = LabelStats(np.array([c["pixels"] for c in summary["categories"]]), np.zeros(0),
+                           summary["ignored_pixels"], summary["total_pixels"])
+        check_label_share(stats, cfg.data.classes, cfg.data.ignore_index, source)
     o = summary["overlap"]
     log.info("eda: %d images, %d annotations, %d categories; %d images with %s multi-label pixels -> %s",
              summary["num_images"], summary["num_annotations"], summary["num_categories"],

@@ -2,6 +2,7 @@
 straddle folds, reproducible from a seed."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 
@@ -70,12 +71,18 @@ def balance(presence: np.ndarray, folds: np.ndarray) -> pd.DataFrame:
 
 
 def run(cfg: Config) -> pd.DataFrame:
-    src = open_split(cfg.data, "train")
-    stems = [r.stem for r in src.records]
-    presence = src.presence()
+    """Folds over the pooled labelled splits (folds.splits), grouped and stratified; optionally one
+    more fold made of a competition-given holdout split (folds.holdout)."""
+    stems, splits, parts = [], [], []
+    for split in cfg.folds.splits:
+        src = open_split(cfg.data, split)
+        stems += [r.stem for r in src.records]
+        splits += [split] * len(src)
+        parts.append(src.presence())
+    presence = np.concatenate(parts)
     groups = group_keys(stems, cfg.folds.group_regex) if cfg.folds.group_regex else None
     folds = assign_folds(presence, cfg.folds.k, cfg.folds.seed, groups)
-    df = pd.DataFrame({"image_id": stems, "fold": folds, "split": "train"})
+    df = pd.DataFrame({"image_id": stems, "fold": folds, "split": splits})
     if groups is not None:
         df["group"] = groups
     if cfg.folds.holdout:
@@ -84,6 +91,12 @@ def run(cfg: Config) -> pd.DataFrame:
                               "split": cfg.folds.holdout})
         if groups is not None:
             extra["group"] = group_keys(extra["image_id"].tolist(), cfg.folds.group_regex)
+            shared = sorted(set(extra["group"]) & set(groups))
+            if shared:
+                log.warning("folds: the %s split shares group(s) %s with the folded split(s): validating on it measures "
+                            "near-duplicates of training images, not the leaderboard. Pool the splits "
+                            "(folds.splits: [train, %s]) and let the groups make the folds instead.",
+                            cfg.folds.holdout, shared, cfg.folds.holdout)
         df = pd.concat([df, extra], ignore_index=True)
         presence = np.concatenate([presence, hold.presence()])
     if df["image_id"].duplicated().any():
@@ -93,8 +106,10 @@ def run(cfg: Config) -> pd.DataFrame:
     out = cfg.out_dir
     write_text(cfg.folds_csv, df.to_csv(index=False))
     write_text(out / "folds_balance.csv", bal.to_csv(index=False))
-    write_json(out / "folds_meta.json", {"k": cfg.folds.k, "seed": cfg.folds.seed,
-                                         "group_regex": cfg.folds.group_regex, "holdout": cfg.folds.holdout})
+    listing = "\n".join(f"{s}/{i}" for s, i in zip(df["split"], df["image_id"])).encode()
+    write_json(out / "folds_meta.json", {"k": cfg.folds.k, "seed": cfg.folds.seed, "group_regex": cfg.folds.group_regex,
+                                         "holdout": cfg.folds.holdout, "images": len(df),
+                                         "images_sha1": hashlib.sha1(listing).hexdigest()})
     log.info("folds: %d images in %d folds -> %s\n%s", len(df), df["fold"].nunique(), cfg.folds_csv,
              bal[["fold", "images", "max_rel_deviation"]].to_string(index=False))
     return df

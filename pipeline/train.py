@@ -6,9 +6,9 @@ import dataclasses
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.config import Config
-from pipeline.data.dataset import EpochSampler, SegDataset, eval_transform, train_transform
+from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
 from pipeline.data.pool import fold_indices, labelled_pool
-from pipeline.data.stats import median_frequency_weights
+from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights
 from pipeline.engine import checkpoint
 from pipeline.engine.hooks import Checkpoint, ConsoleLog, EarlyStopping, Hook, MetricsCSV, Plots, checkpoint_meta
 from pipeline.engine.losses import build_loss
@@ -27,13 +27,15 @@ def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dic
     tc, rt = cfg.train, Runtime.create(cfg.train, dist)
     pool, table = labelled_pool(cfg)
     train_idx, val_idx = fold_indices(table, cfg.fold, str(cfg.folds_csv))
+    stats = label_stats(pool, train_idx, cfg.data.num_classes, cfg.data.ignore_index)
+    check_label_share(stats, cfg.data.classes, cfg.data.ignore_index, f"fold {cfg.fold} training images")
     with RunFolder(cfg, dist.main) as run_dir:
         rt.barrier()
         _describe(cfg, rt, len(train_idx), len(val_idx))
         model = rt.prepare(build_model(cfg.model, cfg.data.num_classes))
         optimizer = build_optimizer(model, tc)
         train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt)
-        loss_fn = build_loss(_class_weights(cfg, pool, train_idx), cfg.data.num_classes, cfg.data.ignore_index).to(rt.device)
+        loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index).to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
         trainer = Trainer(model, optimizer, scheduler, per_step, loss_fn, train_loader, val_loader, rt, tc,
                           cfg.data.classes, cfg.data.ignore_index, _hooks(cfg, run_dir, dist) + list(hooks))
@@ -63,20 +65,19 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime):
                                               seed=tc.seed, drop_last=dist.world > 1), len(train_ds))
     drop_last = len(train_ds) // dist.world > tc.batch_size  # a batch of one breaks batch norm
     cuda = rt.device.type == "cuda"
-    train_loader = DataLoader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
+    collate = PadCollate(cfg.data.ignore_index)  # images of different sizes batch together
+    train_loader = DataLoader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers, collate_fn=collate,
                               drop_last=drop_last, pin_memory=cuda, persistent_workers=tc.num_workers > 0)
-    sizes = {(pool.records[i].height, pool.records[i].width) for i in val_idx}
-    val_bs = tc.batch_size if (tc.resize or len(sizes) == 1) else 1
     val_ds = SegDataset(pool, val_idx[dist.rank::dist.world], eval_transform(tc))
-    return train_loader, DataLoader(val_ds, val_bs, num_workers=tc.num_workers, pin_memory=cuda)
+    return train_loader, DataLoader(val_ds, tc.batch_size, num_workers=tc.num_workers, collate_fn=collate, pin_memory=cuda)
 
 
-def _class_weights(cfg: Config, pool, train_idx):
+def _class_weights(cfg: Config, stats):
     """Loss terms with `class_weights: median_frequency` resolved from this fold's training images."""
     out = []
     for t in cfg.train.losses:
         if t.params.get("class_weights") == "median_frequency":
-            w = median_frequency_weights(pool, train_idx, cfg.data.num_classes, cfg.data.ignore_index)
+            w = median_frequency_weights(stats)
             log.info("  class weights (median frequency): %s", ", ".join(f"{x:.2f}" for x in w))
             t = dataclasses.replace(t, params={**t.params, "class_weights": w})
         out.append(t)

@@ -112,7 +112,7 @@ def test_combined_loss_weights():
 def test_median_frequency_weights():
     import numpy as np
 
-    from pipeline.data.stats import median_frequency_weights
+    from pipeline.data.stats import label_stats, median_frequency_weights
 
     class Src:
         def __init__(self, masks):
@@ -125,7 +125,9 @@ def test_median_frequency_weights():
     a[:, :1] = 1  # class 1: 4 of 16 pixels, in one image
     b = np.full((4, 4), 255, np.uint8)
     b[:2] = 0  # class 0 in both images: 12 + 8 of 32 pixels
-    w = median_frequency_weights(Src([a, b]), [0, 1], 3, 255)
+    stats = label_stats(Src([a, b]), [0, 1], 3, 255)
+    assert stats.ignored == 8 and stats.total == 32
+    w = median_frequency_weights(stats)
     f0, f1 = 20 / 32, 4 / 16
     med = np.median([f0, f1])
     assert np.allclose(w[:2], [med / f0, med / f1])

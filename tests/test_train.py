@@ -179,25 +179,40 @@ def test_accumulation_clipping_sgd_poly(fold_cfg):
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
 
 
-def test_competition_holdout_becomes_a_fold(tmp_path):
+def _camvid_like(root):
     from PIL import Image
-
-    from pipeline.config import load_config
 
     for split, seqs in (("train", ("0001TP", "0006R0", "0016E5")), ("val", ("0016E5",))):
         for sub in ("images", "masks"):
-            (tmp_path / split / sub).mkdir(parents=True)
+            (root / split / sub).mkdir(parents=True)
         for s in seqs:
             for f in range(4):
                 stem = f"{s}_{f + (100 if split == 'val' else 0):06d}"
-                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / "images" / f"{stem}.jpg")
-                Image.fromarray(np.full((8, 8), f % 11, np.uint8)).save(tmp_path / split / "masks" / f"{stem}.png")
-    cfg = load_config("camvid", "unet", None, [f"data.root={tmp_path}", f"outputs={tmp_path / 'out'}"], 0, REPO / "configs")
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / "images" / f"{stem}.jpg")
+                Image.fromarray(np.full((8, 8), f % 11, np.uint8)).save(root / split / "masks" / f"{stem}.png")
+    return root
+
+
+def test_camvid_cv_is_leave_one_sequence_out_over_train_and_val(tmp_path):
+    from pipeline.config import load_config
+
+    root = _camvid_like(tmp_path)
+    cfg = load_config("camvid", "unet", None, [f"data.root={root}", f"outputs={tmp_path / 'out'}"], 0, REPO / "configs")
     df = folds.run(cfg)
-    assert sorted(df["fold"].unique()) == [0, 1, 2, 3]
+    assert sorted(df["fold"].unique()) == [0, 1, 2] and set(df["split"]) == {"train", "val"}
+    assert (df.groupby("group")["fold"].nunique() == 1).all()  # no drive straddles folds, val frames included
+    assert (df.groupby("fold")["group"].nunique() == 1).all()  # one drive per fold
+
+
+def test_a_holdout_split_sharing_a_group_is_warned_about(tmp_path, caplog):
+    from pipeline.config import load_config
+
+    root = _camvid_like(tmp_path)
+    cfg = load_config("camvid", "unet", None, [f"data.root={root}", f"outputs={tmp_path / 'out'}",
+                                               "folds.splits=[train]", "folds.holdout=val"], 0, REPO / "configs")
+    df = folds.run(cfg)
     assert (df.loc[df["split"] == "val", "fold"] == 3).all() and (df.loc[df["split"] == "train", "fold"] < 3).all()
-    train_only = df[df["split"] == "train"]
-    assert (train_only.groupby("group")["fold"].nunique() == 1).all()  # no sequence straddles folds
+    assert "shares group(s) ['0016E5']" in caplog.text and "near-duplicates" in caplog.text
 
 
 def test_tensorboard_scalars(fold_cfg):

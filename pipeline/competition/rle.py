@@ -46,6 +46,9 @@ def parse(text: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     if values.size % 2:
         raise RLEError(f"odd number of values ({values.size}): expected start/length pairs")
     starts, lengths = values[0::2], values[1::2]
+    if (starts > n_pixels).any() or (lengths > n_pixels).any():  # before any sum can overflow int64
+        big = int(starts[starts > n_pixels][0]) if (starts > n_pixels).any() else int(lengths[lengths > n_pixels][0])
+        raise RLEError(f"value {big} is larger than the image ({n_pixels} pixels)")
     if (starts < 1).any():
         raise RLEError(f"start {int(starts[starts < 1][0])} < 1 (pixels are numbered from 1)")
     if (lengths < 1).any():

@@ -2,6 +2,7 @@
 mask run-length encoded; read, validated row by row (errors name the CSV line) and encoded."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,22 @@ def read_submission(path: Path, sc: SubmissionConfig) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise SubmissionError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
     expected = [sc.id_column, sc.class_column, sc.rle_column]
-    if list(df.columns) != expected:
-        raise SubmissionError(f"{path}: header is {list(df.columns)}, expected {expected}")
-    return df
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise SubmissionError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    if not rows:
+        raise SubmissionError(f"{path}: not a readable CSV (empty file; expected the header {expected})")
+    if rows[0] != expected:
+        raise SubmissionError(f"{path}: header is {rows[0]}, expected {expected}")
+    for k, row in enumerate(rows[1:], start=2):
+        if len(row) != len(expected):
+            hint = " (a trailing comma?)" if len(row) == len(expected) + 1 and row[-1] == "" else ""
+            raise SubmissionError(f"{path} line {k}: {len(row)} fields, expected {len(expected)} "
+                                  f"({', '.join(expected)}){hint}")
+    return pd.DataFrame(rows[1:], columns=expected, dtype=str)
 
 
 def validate(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], classes: list[int], sc: SubmissionConfig,

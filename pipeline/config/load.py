@@ -253,11 +253,20 @@ def _validate(cfg: Config) -> None:
     if not d.num_classes <= d.ignore_index <= 255:
         raise ConfigError(f"data.ignore_index: {d.ignore_index} must be in 0..255 (label maps are 8-bit) "
                           f"and not a class index (0..{d.num_classes - 1})")
+    for raw, c in d.mask_values.items():
+        if not (isinstance(raw, int) and 0 <= raw <= 65535 and isinstance(c, int) and (0 <= c < d.num_classes or c == d.ignore_index)):
+            raise ConfigError(f"data.mask_values: {raw!r}: {c!r} must map a PNG value (0..65535) to a class index "
+                              f"(0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
     for c in cfg.submission.class_ids:
         if not 0 <= c < d.num_classes:
             raise ConfigError(f"submission.class_ids: {c} is outside 0..{d.num_classes - 1}")
     if f.k < 2:
         raise ConfigError("folds.k: at least 2 folds")
+    for split in f.splits + ((f.holdout,) if f.holdout else ()):
+        if split not in ("train", "val") or getattr(d, split) is None and split != "train":
+            raise ConfigError(f"folds: split {split!r} is not a labelled split of data {d.name} (train, val)")
+    if f.holdout in f.splits:
+        raise ConfigError(f"folds.holdout: {f.holdout!r} is also in folds.splits")
     if f.group_regex is not None:
         try:
             re.compile(f.group_regex)

@@ -24,6 +24,7 @@ class DataConfig:
     unlabelled: str = "background"  # COCO pixels with no annotation: "background" (class 0) or "ignore"
     category_map: dict = field(default_factory=dict)  # COCO category id -> class index; default by name
     overlap: str = "area_desc"  # area_desc | order | priority | ignore
+    mask_values: dict = field(default_factory=dict)  # mask folders: raw PNG value -> class index, e.g. {0: 0, 255: 1}
     priority: tuple[str, ...] = ()  # for overlap=priority: class names, highest first
     strict: bool = True
     train: SplitConfig = SplitConfig()
@@ -41,7 +42,8 @@ class FoldsConfig:
     k: int = 5
     seed: int = 42
     group_regex: str | None = None  # first capture group (or whole match) of the image stem
-    holdout: str | None = None  # "val": the competition's val split becomes one extra fold
+    splits: tuple[str, ...] = ("train",)  # labelled splits pooled before folding (e.g. [train, val])
+    holdout: str | None = None  # a split kept whole as one extra fold (warned about when it shares groups)
 
 
 @dataclass(frozen=True)

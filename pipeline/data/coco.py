@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,14 +54,52 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def compressed_counts(s: str | bytes) -> list[int]:
+    """The run lengths of a COCO compressed-RLE string (pycocotools' rleFrString, checked: a bad
+    string raises ValueError instead of hanging or reading past its end)."""
+    data = s.encode() if isinstance(s, str) else bytes(s)
+    counts: list[int] = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise ValueError("truncated (the last run is unfinished)")
+            c = data[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {chr(data[p])!r} at {p} is not in the RLE alphabet")
+            if k > 12:
+                raise ValueError(f"run at character {p} is longer than any image")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            raise ValueError(f"run {len(counts)} has negative length {x}")
+        counts.append(x)
+    return counts
+
+
 def _check_segmentation(seg: Any, h: int, w: int) -> str | None:
     """Why a segmentation is unusable for an image of h x w, or None when it is fine."""
     if isinstance(seg, list):
         if not seg:
             return "'segmentation': empty polygon list"
         for k, poly in enumerate(seg):
-            if not isinstance(poly, list) or len(poly) % 2 or not all(isinstance(v, (int, float)) for v in poly):
-                return f"'segmentation'[{k}]: polygon must be a flat list of x, y numbers"
+            if not isinstance(poly, list) or len(poly) % 2 or not all(_is_number(v) for v in poly):
+                return f"'segmentation'[{k}]: polygon must be a flat list of finite x, y numbers"
             if len(poly) < 6:
                 return f"'segmentation'[{k}]: polygon with {len(poly) // 2} point(s), at least 3 needed"
             xs, ys = np.asarray(poly[0::2], float), np.asarray(poly[1::2], float)
@@ -71,18 +110,34 @@ def _check_segmentation(seg: Any, h: int, w: int) -> str | None:
     if isinstance(seg, dict):
         if "counts" not in seg or "size" not in seg:
             return "'segmentation': RLE needs 'counts' and 'size'"
-        if list(seg["size"]) != [h, w]:
-            return f"'segmentation'.size {list(seg['size'])} differs from the image size [{h}, {w}]"
+        if not isinstance(seg["size"], list) or list(seg["size"]) != [h, w]:
+            return f"'segmentation'.size {seg['size']!r} differs from the image size [{h}, {w}]"
         counts = seg["counts"]
         if isinstance(counts, list):
-            if any((not isinstance(c, int)) or c < 0 for c in counts):
+            if any(not _is_int(c) or c < 0 for c in counts):
                 return "'segmentation'.counts: run lengths must be non-negative integers"
-            if sum(counts) != h * w:
-                return f"'segmentation'.counts: runs cover {sum(counts)} pixels, image has {h * w}"
-        elif not isinstance(counts, (str, bytes)):
+        elif isinstance(counts, (str, bytes)):
+            try:
+                counts = compressed_counts(counts)
+            except ValueError as e:
+                return f"'segmentation'.counts: invalid compressed RLE: {e}"
+        else:
             return "'segmentation'.counts: must be a list (uncompressed) or a string (compressed)"
+        if sum(counts) != h * w:
+            return f"'segmentation'.counts: runs cover {sum(counts)} pixels, image has {h * w}"
         return None
     return f"'segmentation': unsupported type {type(seg).__name__}"
+
+
+def _check_numbers(ann: dict) -> str | None:
+    """area, bbox and iscrowd, when present, must be finite numbers of the right shape."""
+    if "area" in ann and not _is_number(ann["area"]):
+        return f"'area': expected a finite number, got {ann['area']!r}"
+    if "bbox" in ann and not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4 and all(map(_is_number, ann["bbox"]))):
+        return f"'bbox': expected [x, y, width, height] of finite numbers, got {ann['bbox']!r}"
+    if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
+        return f"'iscrowd': expected 0 or 1, got {ann['iscrowd']!r}"
+    return None
 
 
 def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
@@ -96,6 +151,9 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
     for key in required:
         if key not in doc:
             raise DataError(f"{path}: missing top-level key '{key}'")
+    for key in required + (["annotations"] if "annotations" in doc and not require_annotations else []):
+        if not isinstance(doc[key], list):
+            raise DataError(f"{path}: '{key}' must be a list of objects, got {type(doc[key]).__name__}")
     skipped: list[str] = []
 
     def bad(msg: str) -> None:
@@ -105,24 +163,34 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
 
     categories: dict[int, str] = {}
     for i, cat in enumerate(doc["categories"]):
+        if not isinstance(cat, dict):
+            raise DataError(f"{path}: categories[{i}]: expected an object, got {cat!r}")
         for key in ("id", "name"):
             if key not in cat:
                 raise DataError(f"{path}: categories[{i}]: missing key '{key}'")
-        categories[int(cat["id"])] = str(cat["name"])
+        if not _is_int(cat["id"]):
+            raise DataError(f"{path}: categories[{i}]: 'id' must be an integer, got {cat['id']!r}")
+        categories[cat["id"]] = str(cat["name"])
 
     images: list[ImageRecord] = []
     seen: set = set()
     for i, im in enumerate(doc["images"]):
+        if not isinstance(im, dict):
+            bad(f"images[{i}]: expected an object with id, file_name, height, width; got {im!r:.80}")
+            continue
         where = f"images[{i}] (id {im.get('id')!r})"
         missing = [k for k in ("id", "file_name", "height", "width") if k not in im]
         if missing:
             bad(f"{where}: missing key '{missing[0]}'" + (" (image entry without size)" if missing[0] in ("height", "width") else ""))
             continue
+        if not isinstance(im["id"], (int, str)) or isinstance(im["id"], bool) or not isinstance(im["file_name"], str):
+            bad(f"{where}: 'id' must be an integer or string and 'file_name' a string")
+            continue
         if im["id"] in seen:
             bad(f"{where}: duplicate image id {im['id']!r}")
             continue
         h, w = im["height"], im["width"]
-        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
             bad(f"{where}: 'height'/'width' must be positive integers, got {h!r}x{w!r}")
             continue
         seen.add(im["id"])
@@ -132,10 +200,21 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
     by_id = {img.id: img for img in images}
     anns: dict[Any, list[dict]] = {}
     for i, ann in enumerate(doc.get("annotations", [])):
+        if not isinstance(ann, dict):
+            bad(f"annotations[{i}]: expected an object, got {ann!r:.80}")
+            continue
         where = f"annotations[{i}] (id {ann.get('id')!r})"
         missing = [k for k in ("image_id", "category_id", "segmentation") if k not in ann]
         if missing:
             bad(f"{where}: missing key '{missing[0]}'")
+            continue
+        if not _is_int(ann["category_id"]) or not isinstance(ann["image_id"], (int, str)):
+            bad(f"{where}: 'category_id' must be an integer and 'image_id' an integer or string, "
+                f"got {ann['category_id']!r} and {ann['image_id']!r}")
+            continue
+        why = _check_numbers(ann)
+        if why:
+            bad(f"{where}: {why}")
             continue
         if ann["category_id"] not in categories:
             bad(f"{where}: unknown category id {ann['category_id']!r}")
@@ -149,7 +228,7 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
             bad(f"{where}: {why}")
             continue
         anns.setdefault(img.id, []).append(ann)
-    ids = [a.get("id") for a in doc.get("annotations", [])]
+    ids = [a.get("id") for a in doc.get("annotations", []) if isinstance(a, dict)]
     seen_ids: set = set()
     dup = sorted({i for i in ids if i in seen_ids or seen_ids.add(i)}, key=str)
     return CocoSet(path, images, anns, categories, skipped, "annotations" in doc, dup)

@@ -81,3 +81,24 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class PadCollate:
+    """Batches (image, mask) pairs of different sizes: each is padded at the bottom/right to the
+    batch's largest size, images with zeros and masks with the ignore index, so the padding
+    counts in no loss and no metric."""
+
+    def __init__(self, ignore_index: int):
+        self.ignore_index = ignore_index
+
+    def __call__(self, batch):
+        xs, ys = zip(*batch)
+        if len({tuple(x.shape) for x in xs}) == 1:
+            return torch.stack(xs), torch.stack(ys)
+        h, w = max(x.shape[-2] for x in xs), max(x.shape[-1] for x in xs)
+        images = xs[0].new_zeros((len(xs), xs[0].shape[0], h, w))
+        masks = ys[0].new_full((len(ys), h, w), self.ignore_index)
+        for k, (x, y) in enumerate(zip(xs, ys)):
+            images[k, :, : x.shape[-2], : x.shape[-1]] = x
+            masks[k, : y.shape[-2], : y.shape[-1]] = y
+        return images, masks

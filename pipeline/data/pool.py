@@ -45,6 +45,10 @@ def labelled_pool(cfg: Config) -> tuple[Source, pd.DataFrame]:
         if missing:
             raise DataError(f"{cfg.folds_csv}: image {missing[0]!r} (split {split}) is not in the data; "
                             "the folds are stale: re-run `make folds`")
+        unfolded = sorted(set(pos) - set(part["image_id"]))
+        if unfolded:
+            raise DataError(f"{cfg.folds_csv}: {len(unfolded)} image(s) of split {split} are not in the folds "
+                            f"(e.g. {unfolded[:3]}): the data changed after `make folds`; re-run it")
         sources.append(src)
         rows.append(part.assign(_src=len(sources) - 1, _pos=part["image_id"].map(pos)))
     pool = ConcatSource(sources)

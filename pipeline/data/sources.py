@@ -22,21 +22,64 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    """8-bit RGB. 16-bit grayscale is scaled by its range (PIL's convert("RGB") clips it to 255, which
+    turns a 16-bit photo into a constant image); float images by their maximum."""
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.asarray(im.convert("RGB"))
+    a = np.asarray(im).astype(np.float64)
+    top = 65535.0 if (im.mode != "F" and a.max(initial=0) <= 65535) else max(a.max(initial=0), 1.0)
+    g = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
 def read_image(path: Path, record: str = "") -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return _to_rgb8(im)
     except FileNotFoundError:
         raise DataError(f"{path}: image file of {record or 'record'} not found") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable image of {record or 'record'} ({e})") from None
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P", "I", "I;16"):
-            raise DataError(f"{path}: label map must be a single-channel PNG, got mode {im.mode}")
-        return np.asarray(im).astype(np.uint8, copy=False)
+def image_size(path: Path, record: str = "") -> tuple[int, int]:
+    """(width, height) from the header only."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file of {record or 'record'} not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image of {record or 'record'} ({e})") from None
+
+
+def read_label_png(path: Path, values: dict | None = None) -> np.ndarray:
+    """A single-channel label PNG as uint8, read faithfully at any bit depth; `values` maps raw
+    values to labels (e.g. {0: 0, 255: 1} for 0/255 binary masks). A value that does not fit 8 bits
+    after mapping is refused rather than wrapped."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+                raise DataError(f"{path}: label map must be a single-channel PNG, got mode {im.mode}")
+            raw = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable label map ({e})") from None
+    raw = raw.astype(np.uint8) if raw.dtype == bool else raw
+    if values:
+        lut_size = 65536 if raw.dtype.itemsize > 1 or max(values) > 255 else 256
+        if raw.max(initial=0) >= lut_size or raw.min(initial=0) < 0:
+            raise DataError(f"{path}: label value {int(raw.max())} is outside 0..{lut_size - 1}")
+        lut = np.arange(lut_size, dtype=np.int64)
+        for k, v in values.items():
+            lut[k] = v
+        raw = lut[raw]
+    if raw.dtype != np.uint8:
+        if raw.max(initial=0) > 255 or raw.min(initial=0) < 0:
+            big = sorted(np.unique(raw[(raw > 255) | (raw < 0)]).tolist())[:5]
+            raise DataError(f"{path}: label values {big} do not fit 8 bits; map them with data.mask_values")
+        raw = raw.astype(np.uint8)
+    return raw
 
 
 class Source:
@@ -132,13 +175,18 @@ class MaskDirSource(Source):
         if stems is not None:
             wanted = set(stems)
             files = [p for p in files if p.stem in wanted]
-        self.records = []
+        self.records, self.values = [], dict(data.mask_values)
         for p in files:
             if self.masks_dir is not None and not (self.masks_dir / f"{p.stem}.png").exists():
                 raise DataError(f"{self.masks_dir / (p.stem + '.png')}: no label map for image {p.name}")
             if images_dir:
-                with Image.open(p) as im:
-                    w, h = im.size
+                try:
+                    w, h = image_size(p, f"image {p.name}")
+                except DataError as e:
+                    if data.strict:
+                        raise
+                    self.skipped.append(str(e))
+                    continue
             else:
                 w = h = 0  # masks only: sizes come from the masks themselves
             self.records.append(ImageRecord(p.stem, p.name, h, w, p if images_dir else None))
@@ -146,10 +194,7 @@ class MaskDirSource(Source):
     def mask(self, i: int) -> np.ndarray:
         rec = self.records[i]
         path = self.masks_dir / f"{rec.stem}.png"
-        try:
-            m = read_label_png(path)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"{path}: unreadable label map ({e})") from None
+        m = read_label_png(path, self.values)
         if rec.height and m.shape != (rec.height, rec.width):
             raise DataError(f"{path}: label map is {m.shape[1]}x{m.shape[0]}, image {rec.file_name} "
                             f"is {rec.width}x{rec.height}")
@@ -176,5 +221,8 @@ def open_split(data: DataConfig, split: str, cache_dir: Path | None = None, labe
         src = CocoSource(coco, data, cache_dir)
         src.labelled = labelled and coco.has_annotations
         return src
-    return MaskDirSource(root / sc.images if sc.images else None,
-                         root / sc.masks if (sc.masks and labelled) else None, data)
+    src = MaskDirSource(root / sc.images if sc.images else None, root / sc.masks if (sc.masks and labelled) else None, data)
+    if src.skipped:
+        log.warning("%s: %d bad image(s) skipped (strict: false):\n  %s", root / (sc.images or ""), len(src.skipped),
+                    "\n  ".join(src.skipped))
+    return src

@@ -1,22 +1,54 @@
-"""Class statistics of a set of labelled images."""
+"""Class statistics of a set of labelled images, and the sanity check they allow."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.data.sources import Source
+from pipeline.errors import DataError
+
+IGNORE_SHARE_ALARM = 0.3  # above this share of ignored pixels, a class with no pixel is a red flag
 
 
-def median_frequency_weights(pool: Source, indices, num_classes: int, ignore_index: int) -> list[float]:
-    """SegNet's median frequency balancing: w_c = median(f) / f_c, where f_c is class c's pixel share
-    in the images that contain it. Classes never seen get the largest weight."""
-    pixels = np.zeros(num_classes, np.float64)
-    image_pixels = np.zeros(num_classes, np.float64)
+@dataclass(frozen=True)
+class LabelStats:
+    pixels: np.ndarray  # per class
+    image_pixels: np.ndarray  # per class: pixels of the images that contain the class
+    ignored: int
+    total: int
+
+
+def label_stats(pool: Source, indices, num_classes: int, ignore_index: int) -> LabelStats:
+    pixels = np.zeros(num_classes, np.int64)
+    image_pixels = np.zeros(num_classes, np.int64)
+    ignored = total = 0
     for i in indices:
         m = pool.mask(i)
-        counts = np.bincount(m[m != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+        keep = m != ignore_index
+        counts = np.bincount(m[keep].ravel(), minlength=num_classes)[:num_classes]
         pixels += counts
         image_pixels += (counts > 0) * m.size
-    seen = pixels > 0
-    freq = np.where(seen, pixels / np.maximum(image_pixels, 1), np.nan)
+        ignored += int(m.size - np.count_nonzero(keep))
+        total += int(m.size)
+    return LabelStats(pixels, image_pixels, ignored, total)
+
+
+def check_label_share(stats: LabelStats, classes, ignore_index: int, where: str) -> None:
+    """Stop when a declared class never appears while the ignore index covers a large share of
+    the masks: the mark of 0/255 binary masks read with ignore_index 255."""
+    absent = [c for c, n in zip(classes, stats.pixels) if n == 0]
+    share = stats.ignored / max(stats.total, 1)
+    if absent and share > IGNORE_SHARE_ALARM:
+        raise DataError(f"{where}: class(es) {absent} have no pixel while the ignore index {ignore_index} covers "
+                        f"{share:.0%} of mask pixels; are the masks 0/{ignore_index}? Map their values with "
+                        f"data.mask_values (e.g. {{0: 0, {ignore_index}: 1}}) or set data.ignore_index")
+
+
+def median_frequency_weights(stats: LabelStats) -> list[float]:
+    """SegNet's median frequency balancing: w_c = median(f) / f_c, where f_c is class c's pixel share
+    in the images that contain it. Classes never seen get the largest weight."""
+    seen = stats.pixels > 0
+    freq = np.where(seen, stats.pixels / np.maximum(stats.image_pixels, 1), np.nan)
     w = np.nanmedian(freq) / freq
     return [float(x) for x in np.where(seen, w, np.nanmax(w))]
