@@ -17,7 +17,7 @@ NPROC  ?= 2
 RUN    := $(PY) -m pipeline
 COMMON  = $(if $(CONFIG),config=$(CONFIG),data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP))) $(if $(NAME),name=$(NAME)) $(ARGS)
 
-.PHONY: install demo demo-data eda folds train train-all train-ddp infer-tta submission score test bench camvid clean-demo
+.PHONY: install demo demo-data check eda folds train train-all train-ddp infer-tta submission score test bench camvid clean-demo
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,9 @@ $(VENV)/.installed: pyproject.toml
 demo-data: data/demo/train.json
 data/demo/train.json: | install
 	$(RUN) demo-data data=demo
+
+check: install
+	$(RUN) check $(COMMON)
 
 eda: install
 	$(RUN) eda $(COMMON)
@@ -58,7 +61,7 @@ score: install
 	$(RUN) score $(COMMON) $(if $(SUB),sub=$(SUB))
 
 demo: install demo-data
-	$(MAKE) --no-print-directory eda folds train-all infer-tta submission score DATA=demo EXP=demo
+	$(MAKE) --no-print-directory check eda folds train-all infer-tta submission score DATA=demo EXP=demo
 
 # The CamVid recipe: leave-one-sequence-out folds over train+val (three drives), one model per fold
 # (the OOF score is the sequence-level CV), the fold ensemble with hflip TTA predicts the test set,

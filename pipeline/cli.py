@@ -28,6 +28,12 @@ def _eda(cfg, named, dist):
     eda.run(cfg)
 
 
+def _check(cfg, named, dist):
+    from pipeline import check
+
+    check.run(cfg)
+
+
 def _folds(cfg, named, dist):
     from pipeline import folds
 
@@ -66,7 +72,7 @@ def _score(cfg, named, dist):
     score.run(cfg, named["sub"])
 
 
-STAGES = {"demo-data": _demo_data, "eda": _eda, "folds": _folds, "train": _train, "train-all": _train_all,
+STAGES = {"demo-data": _demo_data, "check": _check, "eda": _eda, "folds": _folds, "train": _train, "train-all": _train_all,
           "infer": _infer, "submit": _submit, "score": _score}
 
 

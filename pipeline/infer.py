@@ -10,26 +10,28 @@ from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, save_prediction
 from pipeline.inference.oof import predict_oof
+from pipeline.inference.outdir import PredictionFolder
 from pipeline.inference.tta import build_tta
-from pipeline.io import write_json
 
 log = get_logger(__name__)
 
 
 def run(cfg: Config) -> dict:
     rt = Runtime.create(cfg.train, DistInfo())
-    tta, by_fold, out = build_tta(cfg.infer.tta), find_members(cfg), cfg.preds_dir()
+    tta, by_fold, folder = build_tta(cfg.infer.tta), find_members(cfg), PredictionFolder(cfg.preds_dir())
     test = open_split(cfg.data, "test", labelled=False)
     members = [m for ms in by_fold.values() for m in ms]
-    preds = Ensemble(members, rt, tta).predict(test, list(range(len(test))), cfg.infer.batch_size, cfg.infer.num_workers)
-    for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
-        save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs)
-    manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
-                "tta": list(cfg.infer.tta), "tta_views": len(tta), "weights": list(cfg.infer.weights),
-                "test_images": len(test), "cv_miou": None}
-    if cfg.infer.oof:
-        manifest.update(predict_oof(cfg, by_fold, rt, tta, out / "oof"))
-    write_json(out / "manifest.json", manifest)
+    with folder as out:
+        preds = Ensemble(members, rt, tta).predict(test, list(range(len(test))), cfg.infer.batch_size,
+                                                   cfg.infer.num_workers)
+        for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
+            save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs)
+        manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
+                    "models": [f"{m.exp}/fold{m.fold}" for m in members], "tta": list(cfg.infer.tta),
+                    "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test), "cv_miou": None}
+        if cfg.infer.oof:
+            manifest.update(predict_oof(cfg, by_fold, rt, tta, out / "oof"))
+        out = folder.commit(manifest)
     cv = ""
     if manifest["cv_miou"] is not None:
         cv = (f", CV mIoU {manifest['cv_miou']:.4f} (OOF pooled; per fold {manifest['cv_fold_mean']:.4f} "

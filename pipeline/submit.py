@@ -31,11 +31,26 @@ def new_submission_path(cfg: Config) -> Path:
     return path
 
 
+def _complete_manifest(preds: Path, stems: list[str]) -> dict:
+    """The prediction folder's manifest, refusing a folder that is not one complete inference run."""
+    path = preds / "manifest.json"
+    if not path.exists():
+        raise DataError(f"{path}: not found: no complete prediction folder (run `make infer-tta`)")
+    manifest = json.loads(path.read_text())
+    listed = set(manifest.get("label_files", []))
+    if listed != set(stems):
+        missing = sorted(set(stems) - listed)[:3]
+        raise DataError(f"{path}: the predictions are for another image set ({len(listed)} listed, {len(stems)} test "
+                        f"images{', e.g. missing ' + str(missing) if missing else ''}); re-run `make infer-tta`")
+    return manifest
+
+
 def run(cfg: Config) -> Path:
     sc = cfg.submission
     preds = cfg.preds_dir()
     test = open_split(cfg.data, "test", labelled=False)
     classes = class_ids(cfg)
+    manifest = _complete_manifest(preds, [r.stem for r in test.records])
     rows, sizes = [], {}
     for rec in test.records:
         path = preds / "labels" / f"{rec.stem}.png"
@@ -52,10 +67,8 @@ def run(cfg: Config) -> Path:
     df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
     path = new_submission_path(cfg)
     write_text(path, buf.getvalue(), overwrite=False)
-    manifest = preds / "manifest.json"
-    meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds)}
-    if manifest.exists():
-        meta.update(json.loads(manifest.read_text()))
+    meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds),
+            **{k: v for k, v in manifest.items() if k != "label_files"}}
     write_json(path.with_suffix(".json"), meta, overwrite=False)
     log.info("submission: %d rows (%d images x %d classes), validated -> %s", len(df), len(test), len(classes), path)
     return path

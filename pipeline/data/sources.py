@@ -177,18 +177,17 @@ class MaskDirSource(Source):
             files = [p for p in files if p.stem in wanted]
         self.records, self.values = [], dict(data.mask_values)
         for p in files:
-            if self.masks_dir is not None and not (self.masks_dir / f"{p.stem}.png").exists():
-                raise DataError(f"{self.masks_dir / (p.stem + '.png')}: no label map for image {p.name}")
-            if images_dir:
-                try:
+            w = h = 0  # masks only: sizes come from the masks themselves
+            try:
+                if self.masks_dir is not None and not (self.masks_dir / f"{p.stem}.png").exists():
+                    raise DataError(f"{self.masks_dir / (p.stem + '.png')}: no label map for image {p.name}")
+                if images_dir:
                     w, h = image_size(p, f"image {p.name}")
-                except DataError as e:
-                    if data.strict:
-                        raise
-                    self.skipped.append(str(e))
-                    continue
-            else:
-                w = h = 0  # masks only: sizes come from the masks themselves
+            except DataError as e:
+                if data.strict:
+                    raise
+                self.skipped.append(str(e))
+                continue
             self.records.append(ImageRecord(p.stem, p.name, h, w, p if images_dir else None))
 
     def mask(self, i: int) -> np.ndarray:

@@ -36,10 +36,12 @@ def label_stats(pool: Source, indices, num_classes: int, ignore_index: int) -> L
 
 def check_label_share(stats: LabelStats, classes, ignore_index: int, where: str) -> None:
     """Stop when a declared class never appears while the ignore index covers a large share of
-    the masks: the mark of 0/255 binary masks read with ignore_index 255."""
+    the masks, or while it is the only other value: the marks of 0/255 binary masks read with
+    ignore_index 255."""
     absent = [c for c, n in zip(classes, stats.pixels) if n == 0]
     share = stats.ignored / max(stats.total, 1)
-    if absent and share > IGNORE_SHARE_ALARM:
+    only_one_class = int((stats.pixels > 0).sum()) == 1 and stats.ignored > 0
+    if absent and (share > IGNORE_SHARE_ALARM or only_one_class):
         raise DataError(f"{where}: class(es) {absent} have no pixel while the ignore index {ignore_index} covers "
                         f"{share:.0%} of mask pixels; are the masks 0/{ignore_index}? Map their values with "
                         f"data.mask_values (e.g. {{0: 0, {ignore_index}: 1}}) or set data.ignore_index")

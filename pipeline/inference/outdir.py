@@ -1,0 +1,38 @@
+"""A prediction folder is complete or absent: it is written under a temporary name and switched in
+by rename only when every file and the manifest are there; the manifest lists its label files."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pipeline.io import write_json
+
+
+class PredictionFolder:
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.partial = self.final.with_name(f".{self.final.name}.partial-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        for stale in self.final.parent.glob(f".{self.final.name}.partial-*"):  # left by killed runs
+            shutil.rmtree(stale, ignore_errors=True)
+        self.partial.mkdir(parents=True)
+        return self.partial
+
+    def commit(self, manifest: dict) -> Path:
+        labels = sorted(p.stem for p in (self.partial / "labels").glob("*.png"))
+        write_json(self.partial / "manifest.json", {**manifest, "label_files": labels})
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            self.final.rename(old)
+        self.partial.rename(self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.partial, ignore_errors=True)
