@@ -1,4 +1,4 @@
-"""Command line: `segpipe <stage> [data=demo] [model=unet] [exp=FILE] [name=RUN] [fold=K] [key=value ...]`,
+"""Command line: `segpipe <stage> [data=demo] [model=unet] [exp=FILE] [name=RUN] [fold=K|all] [key=value ...]`,
 or `segpipe train config=outputs/.../config.yaml` to run a saved config again. Parses, resolves the
 configuration once, calls one stage; a user's error is one line on stderr and exit code 2."""
 from __future__ import annotations
@@ -84,6 +84,9 @@ class _Format(logging.Formatter):
 
 def parse(argv: list[str] | None = None):
     """(stage, Config, named settings) from the command line."""
+    from pipeline.config import load_config, load_config_file
+    from pipeline.config.schema import REFIT
+
     p = argparse.ArgumentParser(prog="segpipe", description=__doc__)
     p.add_argument("stage", choices=list(STAGES))
     p.add_argument("settings", nargs="*", help="data=NAME model=NAME exp=FILE name=RUN fold=K sub=CSV config=YAML, "
@@ -99,17 +102,18 @@ def parse(argv: list[str] | None = None):
         else:
             overrides.append(s)
     fold = None
-    if named["fold"] is not None:
+    if named["fold"] == "all":
+        fold = REFIT
+    elif named["fold"] is not None:
         try:
             fold = int(named["fold"])
         except ValueError:
-            raise ConfigError(f"fold={named['fold']}: expected an integer") from None
-    from pipeline.config import load_config, load_config_file
-
+            raise ConfigError(f"fold={named['fold']}: expected an integer or all (the full-data refit)") from None
     if named["config"]:
         cfg = load_config_file(named["config"], overrides, fold)
     else:
-        cfg = load_config(named["data"], named["model"], named["exp"], overrides, fold or 0, args.configs, named["name"])
+        cfg = load_config(named["data"], named["model"], named["exp"], overrides, 0 if fold is None else fold,
+                          args.configs, named["name"])
     return args.stage, cfg, named
 
 

@@ -18,18 +18,19 @@ log = get_logger(__name__)
 
 def run(cfg: Config) -> dict:
     rt = Runtime.create(cfg.train, DistInfo())
-    tta, by_fold, folder = build_tta(cfg.infer.tta), find_members(cfg), PredictionFolder(cfg.preds_dir())
+    tta, folder = build_tta(cfg.infer.tta), PredictionFolder(cfg.preds_dir())
+    by_fold, members = find_members(cfg)
     test = open_split(cfg.data, "test", labelled=False)
-    members = [m for ms in by_fold.values() for m in ms]
     with folder as out:
         preds = Ensemble(members, rt, tta).predict(test, list(range(len(test))), cfg.infer.batch_size,
                                                    cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
             save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
-                    "models": [f"{m.exp}/fold{m.fold}" for m in members], "tta": list(cfg.infer.tta),
+                    "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],
+                    "checkpoint": cfg.infer.checkpoint, "refit": cfg.infer.refit, "tta": list(cfg.infer.tta),
                     "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test), "cv_miou": None}
-        if cfg.infer.oof:
+        if cfg.infer.oof and by_fold:  # OOF figures always come from the fold models
             manifest.update(predict_oof(cfg, by_fold, rt, tta, out / "oof"))
         out = folder.commit(manifest)
     cv = ""

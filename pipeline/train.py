@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.config import Config
+from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
 from pipeline.data.pool import fold_indices, labelled_pool
-from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights
+from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights, rarest_classes
 from pipeline.engine import checkpoint
-from pipeline.engine.hooks import Checkpoint, ConsoleLog, EarlyStopping, Hook, MetricsCSV, Plots, checkpoint_meta
+from pipeline.engine.hooks import (Checkpoint, ConsoleLog, EarlyStopping, Hook, MetricsCSV, Plots, WeightAveraging,
+                                   checkpoint_meta)
 from pipeline.engine.losses import build_loss
 from pipeline.engine.optim import build_optimizer, build_scheduler
 from pipeline.engine.rundir import RunFolder
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.engine.trackers import TRACKERS
 from pipeline.engine.trainer import Trainer, steps_per_epoch
+from pipeline.errors import TrainingError
 from pipeline.models import build_model
 
 log = get_logger(__name__)
@@ -33,8 +37,10 @@ def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dic
         rt.barrier()
         _describe(cfg, rt, len(train_idx), len(val_idx))
         model = rt.prepare(build_model(cfg.model, cfg.data.num_classes))
+        if tc.init_from:
+            _init_from(model, cfg)
         optimizer = build_optimizer(model, tc)
-        train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt)
+        train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt, _rare(cfg, stats))
         loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index).to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
         trainer = Trainer(model, optimizer, scheduler, per_step, loss_fn, train_loader, val_loader, rt, tc,
@@ -50,17 +56,40 @@ def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dic
             "early_stopped_at": trainer.epoch if result["stop_reason"] else None}
 
 
+def _init_from(model, cfg: Config) -> None:
+    """Another run's full model weights (its best.pt), e.g. to fine-tune at a higher resolution."""
+    src = cfg.train.init_from
+    path = Path(src) if src.endswith((".pt", ".pth")) else cfg.out_dir / "runs" / src / "best.pt"
+    state = checkpoint.load_weights(path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise TrainingError(f"train.init_from={src}: {path} does not fit this model: {str(e).splitlines()[0]}") from None
+    log.info("  initialised from %s (epoch %s, val mIoU %s)", path, state.get("epoch"), state.get("val_miou"))
+
+
 def _hooks(cfg: Config, run_dir, dist: DistInfo) -> list[Hook]:
     hooks: list[Hook] = [EarlyStopping(cfg.train.patience)]  # every rank: the stop decision must agree
     if dist.main:
         hooks += [MetricsCSV(run_dir / "metrics.csv"), *(TRACKERS[n](cfg, run_dir) for n in cfg.train.trackers)]
+        if cfg.train.swa_epochs:
+            hooks.append(WeightAveraging(cfg.train.swa_epochs, run_dir, checkpoint_meta(cfg)))
         hooks += [Checkpoint(run_dir, checkpoint_meta(cfg)), Plots(run_dir), ConsoleLog()]
     return hooks
 
 
-def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime):
+def _rare(cfg: Config, stats) -> list[int]:
+    if not cfg.train.rare_crop:
+        return []
+    rare = [cfg.data.classes.index(n) for n in cfg.train.rare_classes] or rarest_classes(stats)
+    log.info("  rare-class crops (p=%.2f): %s", cfg.train.rare_crop, ", ".join(cfg.data.classes[c] for c in rare))
+    return rare
+
+
+def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]):
     tc, dist = cfg.train, rt.dist
-    train_ds = SegDataset(pool, train_idx, train_transform(tc, cfg.data.ignore_index), seed=tc.seed)
+    transform = train_transform(tc, cfg.data.ignore_index, rare, cfg.data.num_classes)
+    train_ds = SegDataset(pool, train_idx, transform, seed=tc.seed)
     sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                               seed=tc.seed, drop_last=dist.world > 1), len(train_ds))
     drop_last = len(train_ds) // dist.world > tc.batch_size  # a batch of one breaks batch norm
@@ -68,6 +97,8 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime):
     collate = PadCollate(cfg.data.ignore_index)  # images of different sizes batch together
     train_loader = DataLoader(train_ds, tc.batch_size, sampler=sampler, num_workers=tc.num_workers, collate_fn=collate,
                               drop_last=drop_last, pin_memory=cuda, persistent_workers=tc.num_workers > 0)
+    if not val_idx:  # the full-data refit
+        return train_loader, None
     val_ds = SegDataset(pool, val_idx[dist.rank::dist.world], eval_transform(tc))
     return train_loader, DataLoader(val_ds, tc.batch_size, num_workers=tc.num_workers, collate_fn=collate, pin_memory=cuda)
 
@@ -86,6 +117,7 @@ def _class_weights(cfg: Config, stats):
 
 def _describe(cfg: Config, rt: Runtime, n_train: int, n_val: int) -> None:
     world = f" x{rt.dist.world}" if rt.dist.world > 1 else ""
-    log.info("train: %s fold %d: %d train / %d val images, %s on %s%s, amp %s, channels_last %s", cfg.exp, cfg.fold,
+    fold = "all (full-data refit)" if cfg.fold == REFIT else str(cfg.fold)
+    log.info("train: %s fold %s: %d train / %d val images, %s on %s%s, amp %s, channels_last %s", cfg.exp, fold,
              n_train, n_val, cfg.model.arch, rt.device, world, rt.dtype, rt.channels_last)
 

@@ -76,3 +76,14 @@ def test_saved_config_reruns_the_same_run(run_cli, tmp_path, capsys):
     assert main(["train", f"config={saved}", "train.lr_decoder=0.5"]) == 2
     err = capsys.readouterr().err
     assert "train.lr_decoder" in err and "on_change=restart" in err
+
+
+def test_an_unwritable_output_is_one_line(run_cli, monkeypatch):
+    from pipeline import folds as folds_stage
+
+    def read_only(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(folds_stage, "write_text", read_only)
+    rc, _, err = run_cli("folds", folds_first=False)
+    _one_line(rc, err, "folds", "Permission denied")

@@ -231,6 +231,8 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.on_change": ("refuse", "restart"),
+    "infer.refit": ("off", "with", "only"),
+    "infer.checkpoint": ("best", "swa"),
 }
 TRACKERS = ("tensorboard", "mlflow")
 LOSSES = ("ce", "dice", "focal", "lovasz")
@@ -276,6 +278,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("train.epochs, train.batch_size, train.accum_steps and train.val_every must be >= 1")
     if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
         raise ConfigError(f"train.max_steps_per_epoch: {t.max_steps_per_epoch} trains nothing; use null or >= 1")
+    if not 0 <= t.rare_crop <= 1 or (t.rare_crop and not t.crop):
+        raise ConfigError(f"train.rare_crop: {t.rare_crop} must be in 0..1 and needs train.crop")
+    for name in t.rare_classes:
+        if name not in d.classes:
+            raise ConfigError(f"train.rare_classes: {name!r} is not a class")
+    if not 0 <= t.swa_epochs <= t.epochs:
+        raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs})")
     if t.num_workers < 0 or cfg.infer.num_workers < 0 or cfg.infer.batch_size < 1:
         raise ConfigError("train.num_workers and infer.num_workers must be >= 0, infer.batch_size >= 1")
     for key in ("crop", "resize"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+REFIT = -1  # the fold number of a full-data refit (`fold=all`): trained on every labelled image
+
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -94,6 +96,8 @@ class TrainConfig:
     accum_steps: int = 1
     clip_grad: float | None = None
     ema_decay: float | None = None
+    swa_epochs: int = 0  # average the weights of the last N epochs (BN statistics recomputed) -> swa.pt
+    init_from: str | None = None  # start from another run's weights: "<exp>/fold<k>", "<exp>/all" or a .pt file
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False
@@ -105,6 +109,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     losses: tuple[LossTerm, ...] = (LossTerm("ce"),)
     augment: tuple[dict, ...] = ()  # albumentations transforms by class name, train only
+    rare_crop: float = 0.0  # share of training crops that contain pixels of a rare class (needs train.crop)
+    rare_classes: tuple[str, ...] = ()  # default: the third of the classes with the fewest training pixels
     max_steps_per_epoch: int | None = None
     progress: bool = True
     trackers: tuple[str, ...] = ()  # besides metrics.csv: tensorboard | mlflow
@@ -120,6 +126,8 @@ class InferConfig:
     weights: tuple[float, ...] = ()  # one per experiment (default equal)
     batch_size: int = 8
     num_workers: int = 2  # image decoding in loader workers, so the model is not left waiting
+    refit: str = "off"  # the full-data refit (fold=all) for the test set: off | with (the fold models) | only
+    checkpoint: str = "best"  # which weights of each run: best | swa (train.swa_epochs)
     save_probs: bool = False
     oof: bool = True
 
@@ -146,7 +154,8 @@ class Config:
         return Path(self.outputs) / self.data.name
 
     def run_dir(self, fold: int | None = None, exp: str | None = None) -> Path:
-        return self.out_dir / "runs" / (exp or self.exp) / f"fold{self.fold if fold is None else fold}"
+        k = self.fold if fold is None else fold
+        return self.out_dir / "runs" / (exp or self.exp) / ("all" if k == REFIT else f"fold{k}")
 
     def preds_dir(self, exp: str | None = None) -> Path:
         return self.out_dir / "preds" / (exp or self.exp)

@@ -28,13 +28,22 @@ def _augmentation(spec: dict) -> A.BasicTransform:
         raise ConfigError(f"train.augment: {name}: {str(e).splitlines()[0]}") from None
 
 
-def train_transform(tc: TrainConfig, ignore_index: int) -> A.Compose:
+def train_transform(tc: TrainConfig, ignore_index: int, rare: list[int] = (), num_classes: int = 0) -> A.Compose:
+    """Resize, augmentations, then the crop: with probability train.rare_crop a crop that contains
+    pixels of the `rare` classes (when the image has any), else a uniform random crop."""
     steps = []
     if tc.resize:
         steps.append(A.Resize(*tc.resize))
     steps += [_augmentation(s) for s in tc.augment]
     if tc.crop:
-        steps += [A.PadIfNeeded(*tc.crop, fill=0, fill_mask=ignore_index), A.RandomCrop(*tc.crop)]
+        steps.append(A.PadIfNeeded(*tc.crop, fill=0, fill_mask=ignore_index))
+        if rare and tc.rare_crop > 0:
+            others = [c for c in range(num_classes) if c not in rare] + [ignore_index]
+            near_rare = A.CropNonEmptyMaskIfExists(*tc.crop, ignore_values=others, p=tc.rare_crop)
+            steps.append(A.OneOf([near_rare, A.RandomCrop(*tc.crop, p=1 - tc.rare_crop)], p=1.0)
+                         if tc.rare_crop < 1 else near_rare)
+        else:
+            steps.append(A.RandomCrop(*tc.crop))
     steps.append(A.Normalize(MEAN, STD))
     return A.Compose(steps)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.config.schema import REFIT
 from pipeline.data.sources import Source, open_split
 from pipeline.errors import DataError
 
@@ -59,7 +60,9 @@ def labelled_pool(cfg: Config) -> tuple[Source, pd.DataFrame]:
 
 
 def fold_indices(table: pd.DataFrame, fold: int, where: str = "folds.csv") -> tuple[list[int], list[int]]:
-    """(train, validation) pool indices of one fold."""
+    """(train, validation) pool indices of one fold; the refit (REFIT) trains on all, validates on none."""
+    if fold == REFIT:
+        return table["index"].tolist(), []
     known = sorted(int(k) for k in set(table["fold"]))
     if fold not in known:
         raise DataError(f"fold {fold} is not in {where} (folds: {known})")

@@ -47,6 +47,12 @@ def check_label_share(stats: LabelStats, classes, ignore_index: int, where: str)
                         f"data.mask_values (e.g. {{0: 0, {ignore_index}: 1}}) or set data.ignore_index")
 
 
+def rarest_classes(stats: LabelStats, share: float = 1 / 3) -> list[int]:
+    """The classes with the fewest pixels (at least one), those never seen excluded."""
+    seen = [c for c in np.argsort(stats.pixels, kind="stable") if stats.pixels[c] > 0]
+    return sorted(int(c) for c in seen[: max(1, round(len(stats.pixels) * share))])
+
+
 def median_frequency_weights(stats: LabelStats) -> list[float]:
     """SegNet's median frequency balancing: w_c = median(f) / f_c, where f_c is class c's pixel share
     in the images that contain it. Classes never seen get the largest weight."""

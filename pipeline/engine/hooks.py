@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from pipeline.engine import checkpoint
 from pipeline.engine.runtime import get_logger
@@ -79,7 +80,8 @@ class MetricsCSV(Hook):
 
 class Checkpoint(Hook):
     """last.pt every epoch (the previous one kept), best.pt when val mIoU improved: the eval model
-    (EMA when on) with what inference needs to rebuild it."""
+    (EMA when on) with what inference needs to rebuild it. A run without validation (the
+    full-data refit) writes best.pt from its final weights."""
     name = "checkpoint"
 
     def __init__(self, run_dir: Path, meta: dict):
@@ -87,10 +89,64 @@ class Checkpoint(Hook):
 
     def after_epoch(self, trainer) -> None:
         meta = {**self.meta, "epoch": trainer.epoch - 1, "val_miou": trainer.history[-1]["val_miou"]}
-        if trainer.improved:
+        final_unvalidated = trainer.val_loader is None and trainer.epoch == trainer.tc.epochs
+        if trainer.improved or final_unvalidated:
             checkpoint.save(self.run_dir / "best.pt", {"model": trainer.eval_model.state_dict(), "optimizer": None,
                                                        **meta}, keep_previous=False)
         checkpoint.save(self.run_dir / "last.pt", {**trainer.state_dict(), **meta})
+
+
+class WeightAveraging(Hook):
+    """SWA over the tail of the schedule: the weights after each of the last `epochs` epochs are
+    averaged, BN statistics recomputed on the training images, the result validated and saved
+    as swa.pt (inference uses it with infer.checkpoint=swa)."""
+    name = "swa"
+
+    def __init__(self, epochs: int, run_dir: Path, meta: dict):
+        self.epochs, self.run_dir, self.meta = epochs, Path(run_dir), meta
+        self.average, self.saved, self._pending = None, False, None
+
+    def before_train(self, trainer) -> None:
+        if self.average is None:
+            self.average = AveragedModel(trainer.model, use_buffers=False)
+            if self._pending is not None:
+                self.average.load_state_dict(self._pending)
+
+    def after_epoch(self, trainer) -> None:
+        if trainer.epoch > trainer.tc.epochs - self.epochs:
+            self.average.update_parameters(trainer.model)
+        if trainer.epoch == trainer.tc.epochs:  # before Checkpoint, so last.pt knows swa.pt is written
+            self._finalise(trainer)
+
+    def after_train(self, trainer) -> None:
+        if trainer.stop_reason:  # early stopping inside (or before) the averaged tail
+            self._finalise(trainer)
+
+    def _finalise(self, trainer) -> None:
+        n = int(self.average.n_averaged)
+        if self.saved:
+            return
+        if n == 0:
+            log.warning("train: no weights averaged (stopped before the last %d epochs); no swa.pt", self.epochs)
+            return
+        update_bn(_images(trainer.train_loader, trainer.rt), self.average.module)
+        row = trainer.validate(self.average.module) if trainer.val_loader is not None else {"val_miou": float("nan")}
+        checkpoint.save(self.run_dir / "swa.pt", {"model": self.average.module.state_dict(), "optimizer": None,
+                                                  **self.meta, "epoch": trainer.epoch - 1, "val_miou": row["val_miou"],
+                                                  "averaged": n}, keep_previous=False)
+        self.saved = True
+        log.info("train: swa.pt: %d epochs averaged, val mIoU %.4f (best single epoch %.4f)", n, row["val_miou"], trainer.best)
+
+    def state_dict(self) -> dict:
+        return {"average": self.average.state_dict() if self.average is not None else None, "saved": self.saved}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending, self.saved = state["average"], state["saved"]
+
+
+def _images(loader, rt):
+    for x, _ in loader:
+        yield rt.to_device(x, image=True)
 
 
 class Plots(Hook):

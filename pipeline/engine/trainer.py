@@ -122,8 +122,9 @@ class Trainer:
             h.after_step(self)
 
     @torch.no_grad()
-    def validate(self) -> dict:
-        rt, model = self.rt, self.eval_model
+    def validate(self, model: torch.nn.Module | None = None) -> dict:
+        """Loss and metrics of `model` (default: the eval model) on the validation loader."""
+        rt, model = self.rt, model if model is not None else self.eval_model
         model.eval()
         self.meter.reset()
         loss = torch.zeros(2, dtype=torch.float64, device=rt.device)
@@ -147,7 +148,8 @@ class Trainer:
         while self.epoch < tc.epochs and self.stop_reason is None:
             t0 = time.time()
             row = {"epoch": self.epoch + 1, **self.train_one_epoch()}
-            self.validated = (self.epoch + 1) % tc.val_every == 0 or self.epoch + 1 == tc.epochs
+            self.validated = self.val_loader is not None and ((self.epoch + 1) % tc.val_every == 0 or
+                                                              self.epoch + 1 == tc.epochs)
             if self.validated:
                 row.update(self.validate())
                 if not self.per_step:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import Config, ModelConfig, TrainConfig
+from pipeline.config.schema import REFIT
 from pipeline.data.dataset import eval_transform, to_tensor
 from pipeline.data.sources import Source
 from pipeline.engine import checkpoint
@@ -31,26 +32,36 @@ class Member:
     weight: float
 
 
-def find_members(cfg: Config) -> dict[int, list[Member]]:
-    """fold -> the best checkpoints of every requested experiment for that fold."""
+def find_members(cfg: Config) -> tuple[dict[int, list[Member]], list[Member]]:
+    """(fold -> that fold's model of every requested experiment, for OOF; the test-set members).
+    The test set gets the fold models, plus or instead of each experiment's full-data refit
+    (`infer.refit: with | only`). `infer.checkpoint` picks best.pt or swa.pt of every run."""
     exps = cfg.infer.experiments or (cfg.exp,)
     weights = cfg.infer.weights or (1.0,) * len(exps)
     if len(weights) != len(exps):
         raise ConfigError(f"infer.weights: {len(weights)} weight(s) for {len(exps)} experiment(s)")
-    found: dict[int, list[Member]] = {}
+    name = f"{cfg.infer.checkpoint}.pt"
+    by_fold: dict[int, list[Member]] = {}
+    refits: list[Member] = []
     for exp, w in zip(exps, weights):
         runs = cfg.out_dir / "runs" / exp
-        folds = sorted(int(p.name[4:]) for p in runs.glob("fold*") if p.name[4:].isdigit() and (p / "best.pt").exists())
+        folds = sorted(int(p.name[4:]) for p in runs.glob("fold*") if p.name[4:].isdigit() and (p / name).exists())
         if cfg.infer.folds:
             missing = sorted(set(cfg.infer.folds) - set(folds))
             if missing:
-                raise FileNotFoundError(f"{runs}: no best.pt for fold(s) {missing}; train them first")
+                raise FileNotFoundError(f"{runs}: no {name} for fold(s) {missing}; train them first")
             folds = list(cfg.infer.folds)
-        if not folds:
-            raise FileNotFoundError(f"{runs}: no trained fold (best.pt); run `make train` first")
+        if not folds and cfg.infer.refit != "only":
+            raise FileNotFoundError(f"{runs}: no trained fold ({name}); run `make train` first")
         for k in folds:
-            found.setdefault(k, []).append(Member(exp, k, runs / f"fold{k}" / "best.pt", w))
-    return found
+            by_fold.setdefault(k, []).append(Member(exp, k, runs / f"fold{k}" / name, w))
+        if cfg.infer.refit != "off":
+            path = cfg.run_dir(fold=REFIT, exp=exp) / name
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no full-data refit of {exp}; run `make train FOLD=all` first")
+            refits.append(Member(exp, REFIT, path, w))
+    folds_members = [m for ms in by_fold.values() for m in ms]
+    return by_fold, (refits if cfg.infer.refit == "only" else folds_members + refits)
 
 
 def load_model(path: Path, device: torch.device):

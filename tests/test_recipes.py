@@ -1,0 +1,107 @@
+"""The stages winners use, on the small demo data: full-data refit, weight averaging, starting
+from another run's weights, rare-class crops."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import folds, infer, train
+from pipeline.config.schema import REFIT
+from pipeline.data.dataset import train_transform
+from helpers import TINY
+
+FAST = [*TINY, "train.epochs=2", "train.max_steps_per_epoch=1", "infer.num_workers=0", "infer.tta=[]"]
+
+
+@pytest.fixture
+def cfg_of(make_cfg):
+    def make(*overrides, fold=0, name="r"):
+        cfg = make_cfg(*FAST, *overrides, fold=fold, name=name)
+        if not cfg.folds_csv.exists():
+            folds.run(cfg)
+        return cfg
+
+    return make
+
+
+def test_full_data_refit_trains_on_everything_and_joins_the_ensemble(cfg_of):
+    for k in range(2):
+        train.run(cfg_of("folds.k=2", fold=k))
+    refit = cfg_of("folds.k=2", fold=REFIT)
+    out = train.run(refit)
+    assert refit.run_dir().name == "all" and (refit.run_dir() / "best.pt").exists()
+    m = pd.read_csv(refit.run_dir() / "metrics.csv")
+    assert m["val_miou"].isna().all() and len(m) == 2  # nothing held out, nothing validated
+    assert out["epochs"] == 2
+    with_refit = infer.run(cfg_of("folds.k=2", "infer.refit=with"))
+    assert with_refit["models"] == ["r/fold0", "r/fold1", "r/all"]
+    assert with_refit["cv_miou"] is not None and with_refit["folds"] == [0, 1]  # OOF from the fold models
+    only = infer.run(cfg_of("folds.k=2", "infer.refit=only"))
+    assert only["models"] == ["r/all"] and only["cv_miou"] == pytest.approx(with_refit["cv_miou"])
+
+
+def test_refit_from_the_command_line(cfg_of, capsys):
+    from pipeline.cli import parse
+
+    _, cfg, _ = parse(["train", "fold=all"])
+    assert cfg.fold == REFIT and cfg.run_dir().name == "all"
+
+
+def test_weight_averaging_writes_a_validated_swa_checkpoint(cfg_of, caplog):
+    caplog.set_level("INFO")
+    cfg = cfg_of("train.epochs=3", "train.swa_epochs=2", name="swa")
+    train.run(cfg)
+    swa = torch.load(cfg.run_dir() / "swa.pt", weights_only=False)
+    assert swa["averaged"] == 2 and 0 <= swa["val_miou"] <= 1
+    last = torch.load(cfg.run_dir() / "last.pt", weights_only=False)
+    assert last["hooks"]["swa"]["saved"] is True
+    assert "swa.pt: 2 epochs averaged" in caplog.text
+    manifest = infer.run(cfg_of("train.epochs=3", "train.swa_epochs=2", "infer.checkpoint=swa", "infer.folds=[0]",
+                                name="swa"))
+    assert manifest["checkpoint"] == "swa" and manifest["cv_miou"] is not None
+
+
+def test_init_from_another_run(cfg_of):
+    first = cfg_of(name="first")
+    train.run(first)
+    frozen = cfg_of("train.init_from=first/fold0", "train.lr_encoder=0", "train.lr_decoder=0", name="second")
+    train.run(frozen)
+    a = torch.load(first.run_dir() / "best.pt", weights_only=False)["model"]
+    b = torch.load(frozen.run_dir() / "last.pt", weights_only=False)["model"]
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(a[k], b[k]) for k in params)  # started from them, LR 0 kept them
+    from pipeline.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="does not fit this model"):
+        train.run(cfg_of("train.init_from=first/fold0", "model.params={width: 0.25, fc_channels: 32}", name="third"))
+
+
+def test_rare_class_crops_contain_the_rare_class(make_cfg):
+    cfg = make_cfg("train.crop=[16, 16]", "train.rare_crop=1.0", "train.augment=[]")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[50:53, 5:8] = 3  # a small patch of a rare class
+    image = np.zeros((64, 64, 3), np.uint8)
+    t = train_transform(cfg.train, 255, rare=[3], num_classes=6)
+    hits = 0
+    for seed in range(30):
+        t.set_random_seed(seed)
+        hits += int((t(image=image, mask=mask)["mask"] == 3).any())
+    assert hits == 30
+    plain = train_transform(cfg.train.__class__(crop=(16, 16)), 255)
+    misses = 0
+    for seed in range(30):
+        plain.set_random_seed(seed)
+        misses += int(not (plain(image=image, mask=mask)["mask"] == 3).any())
+    assert misses > 20  # uniform crops mostly miss it
+
+
+def test_rare_classes_default_to_the_rarest(make_cfg, caplog):
+    caplog.set_level("INFO")
+    cfg = make_cfg(*FAST, "train.crop=[48, 48]", "train.rare_crop=0.5", name="rare")
+    folds.run(cfg)
+    train.run(cfg)
+    line = next(r.getMessage() for r in caplog.records if "rare-class crops" in r.getMessage())
+    assert "p=0.50" in line and len(line.split(":", 1)[1].split(",")) == 2  # a third of 6 classes
+    assert json.loads(json.dumps(line))
