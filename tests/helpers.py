@@ -22,3 +22,22 @@ def write_coco(path: Path, images, annotations, categories=None) -> Path:
 
 def square(x0, y0, x1, y1):
     return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def fake_runs(cfg, seed=0):
+    """A tiny untrained best.pt per fold, enough for inference to run."""
+    import torch
+
+    from pipeline import folds
+    from pipeline.config import ModelConfig
+    from pipeline.engine import checkpoint
+    from pipeline.models import build_model
+
+    folds.run(cfg)
+    mc = ModelConfig(name="tiny", arch="deconvnet", params={"width": 0.125, "fc_channels": 16})
+    for k in range(cfg.folds.k):
+        torch.manual_seed(seed + k)
+        model = build_model(mc, cfg.data.num_classes)
+        checkpoint.save(cfg.run_dir(fold=k) / "best.pt", {"model": model.state_dict(), "optimizer": None, "epoch": 0,
+                                                           "model_cfg": mc.__dict__, "classes": list(cfg.data.classes),
+                                                           "resize": None}, keep_previous=False)

@@ -1,5 +1,6 @@
 """The ensemble reads images through a DataLoader: each image decoded once per batch whatever the
 number of members, and the same predictions with or without loader workers."""
+import pytest
 import torch
 
 from pipeline.config import ModelConfig, TrainConfig
@@ -51,3 +52,35 @@ def test_each_image_is_decoded_once_and_workers_change_nothing(make_cfg, tmp_pat
         assert torch.equal(a, b)
         assert a.shape == (len(cfg.data.classes), *truth.shape)
         assert torch.allclose(a.sum(0), torch.ones_like(a[0]), atol=1e-5)  # a weighted mean of softmaxes
+
+
+def test_error_analysis_page_shows_the_worst_oof_images(make_cfg):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline import infer
+    from pipeline.competition.metrics import IoUMeter
+    from pipeline.data.pool import labelled_pool
+    from helpers import fake_runs
+
+    cfg = make_cfg("infer.num_workers=0", "infer.tta=[]", "infer.analysis_images=3", name="ea")
+    fake_runs(cfg)
+    manifest = infer.run(cfg)
+    page = cfg.preds_dir() / "analysis"
+    report = (page / "report.md").read_text()
+    assert (page / "worst_00.png").exists() and (page / "iou_by_fold.png").exists()
+    pool, _ = labelled_pool(cfg)
+    scores = {}
+    for i, rec in enumerate(pool.records):  # independent: every OOF label map against its truth
+        m = IoUMeter(cfg.data.num_classes, cfg.data.ignore_index)
+        m.update(np.asarray(Image.open(cfg.preds_dir() / "oof" / "labels" / f"{rec.stem}.png")), pool.mask(i))
+        scores[rec.stem] = m.compute()["miou"]
+    rows = [line.split("|")[1:3] for line in report.splitlines() if "![" in line and "worst_" in line]
+    listed = [(stem.strip(), float(score)) for stem, score in rows]
+    assert len(listed) == 3
+    assert [s for _, s in listed] == pytest.approx(sorted(scores.values())[:3], abs=5e-4)  # the three lowest
+    assert all(scores[stem] == pytest.approx(s, abs=5e-4) for stem, s in listed)
+    assert "| fold 0 | fold 1 | fold 2 |" in report and "Most confused" in report
+    assert json.loads((cfg.preds_dir() / "manifest.json").read_text())["cv_miou"] == manifest["cv_miou"]

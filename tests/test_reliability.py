@@ -15,7 +15,7 @@ from pipeline.data.dataset import PadCollate
 from pipeline.data.pool import labelled_pool
 from pipeline.data.sources import open_split, read_image, read_label_png
 from pipeline.errors import DataError, SubmissionError
-from helpers import REPO, TINY, square, write_coco
+from helpers import REPO, TINY, fake_runs, square, write_coco
 
 IMG = {"id": 1, "file_name": "a.png", "height": 10, "width": 12}
 
@@ -194,31 +194,15 @@ def test_data_config_for_split_reading():
         open_split(dc, "train")
 
 
-def _fake_runs(cfg, seed=0):
-    """A tiny untrained best.pt per fold, enough for inference to run."""
-    from pipeline.config import ModelConfig
-    from pipeline.engine import checkpoint
-    from pipeline.models import build_model
-
-    folds.run(cfg)
-    mc = ModelConfig(name="tiny", arch="deconvnet", params={"width": 0.125, "fc_channels": 16})
-    for k in range(cfg.folds.k):
-        torch.manual_seed(seed + k)
-        model = build_model(mc, cfg.data.num_classes)
-        checkpoint.save(cfg.run_dir(fold=k) / "best.pt", {"model": model.state_dict(), "optimizer": None, "epoch": 0,
-                                                           "model_cfg": mc.__dict__, "classes": list(cfg.data.classes),
-                                                           "resize": None}, keep_previous=False)
-
-
 def test_interrupted_inference_leaves_the_previous_predictions_whole(make_cfg, monkeypatch):
     from pipeline import infer, submit
 
     cfg = make_cfg("infer.num_workers=0", name="inf")
-    _fake_runs(cfg)
+    fake_runs(cfg)
     first = infer.run(cfg)
     preds = cfg.preds_dir()
     before = {p.name: p.read_bytes() for p in (preds / "labels").glob("*.png")}
-    _fake_runs(cfg, seed=100)  # other weights: a second inference would write other labels
+    fake_runs(cfg, seed=100)  # other weights: a second inference would write other labels
     calls = {"n": 0}
     real = infer.save_prediction
 
@@ -245,7 +229,7 @@ def test_a_failed_score_records_nothing(make_cfg, monkeypatch):
     from pipeline import infer, score, submit
 
     cfg = make_cfg("infer.num_workers=0", "infer.oof=false", name="sc")
-    _fake_runs(cfg)
+    fake_runs(cfg)
     infer.run(cfg)
     sub = submit.run(cfg)
 

@@ -130,6 +130,7 @@ class InferConfig:
     checkpoint: str = "best"  # which weights of each run: best | swa (train.swa_epochs)
     save_probs: bool = False
     oof: bool = True
+    analysis_images: int = 8  # the worst OOF images drawn on the error-analysis page
 
 
 @dataclass(frozen=True)

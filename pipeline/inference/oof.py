@@ -11,6 +11,7 @@ from pipeline.config import Config
 from pipeline.data.pool import fold_indices, labelled_pool
 from pipeline.engine.runtime import Runtime
 from pipeline.errors import DataError
+from pipeline.inference.analysis import WorstImages, write_report
 from pipeline.inference.ensemble import Ensemble, Member, save_prediction
 from pipeline.io import write_json
 
@@ -18,7 +19,8 @@ from pipeline.io import write_json
 def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta, out: Path) -> dict:
     pool, table = labelled_pool(cfg)
     C, ign = cfg.data.num_classes, cfg.data.ignore_index
-    pooled, per_fold, n = IoUMeter(C, ign), {}, 0
+    pooled, per_fold, fold_iou, n = IoUMeter(C, ign), {}, {}, 0
+    worst = WorstImages(cfg.infer.analysis_images)
     for fold, members in sorted(by_fold.items()):
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
         meter = IoUMeter(C, ign)
@@ -27,8 +29,12 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
             label = save_prediction(out, pool.records[i].stem, p, False)
             pooled.update(label, truth)
             meter.update(label, truth)
+            image = IoUMeter(C, ign)
+            image.update(label, truth)
+            worst.add(image.compute()["miou"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))
             n += 1
-        per_fold[int(fold)] = meter.compute()["miou"]
+        m = meter.compute()
+        per_fold[int(fold)], fold_iou[int(fold)] = m["miou"], m["iou"]
     if n == 0:
         raise DataError("OOF: no validation images in the trained folds")
     m = pooled.compute()
@@ -37,4 +43,6 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
               "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()), "cv_fold_std": float(scores.std()),
               "cv_iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(cfg.data.classes, m["iou"])}}
     write_json(out / "score.json", result)
+    write_report(out.parent / "analysis", worst.worst_first(), pool.image, list(cfg.data.classes), ign, m["iou"],
+                 fold_iou, pooled.confusion.numpy())
     return result
