@@ -17,7 +17,7 @@ NPROC  ?= 2
 RUN    := $(PY) -m pipeline
 COMMON  = $(if $(CONFIG),config=$(CONFIG),data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP))) $(if $(NAME),name=$(NAME)) $(ARGS)
 
-.PHONY: install demo demo-data check eda folds train train-all train-ddp infer-tta submission score test bench camvid clean-demo
+.PHONY: install demo demo-data check eda folds train train-all train-ddp infer-tta pseudo submission score test bench camvid clean-demo
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -53,6 +53,10 @@ train-ddp: install
 
 infer-tta: install
 	$(RUN) infer $(COMMON)
+
+# pseudo-labels from the current ensemble; train the next round with ARGS="train.pseudo=<that EXP>"
+pseudo: install
+	$(RUN) pseudo $(COMMON)
 
 submission: install
 	$(RUN) submit $(COMMON)

@@ -60,6 +60,12 @@ def _infer(cfg, named, dist):
     infer.run(cfg)
 
 
+def _pseudo(cfg, named, dist):
+    from pipeline import pseudo
+
+    pseudo.run(cfg)
+
+
 def _submit(cfg, named, dist):
     from pipeline import submit
 
@@ -73,7 +79,7 @@ def _score(cfg, named, dist):
 
 
 STAGES = {"demo-data": _demo_data, "check": _check, "eda": _eda, "folds": _folds, "train": _train, "train-all": _train_all,
-          "infer": _infer, "submit": _submit, "score": _score}
+          "infer": _infer, "pseudo": _pseudo, "submit": _submit, "score": _score}
 
 
 class _Format(logging.Formatter):

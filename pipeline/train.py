@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pipeline.config import Config
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
-from pipeline.data.pool import fold_indices, labelled_pool
+from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool
 from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights, rarest_classes
 from pipeline.engine import checkpoint
 from pipeline.engine.hooks import (Checkpoint, ConsoleLog, EarlyStopping, Hook, MetricsCSV, Plots, WeightAveraging,
@@ -21,6 +21,7 @@ from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.engine.trackers import TRACKERS
 from pipeline.engine.trainer import Trainer, steps_per_epoch
 from pipeline.errors import TrainingError
+from pipeline.io import write_json
 from pipeline.models import build_model
 
 log = get_logger(__name__)
@@ -31,11 +32,18 @@ def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dic
     tc, rt = cfg.train, Runtime.create(cfg.train, dist)
     pool, table = labelled_pool(cfg)
     train_idx, val_idx = fold_indices(table, cfg.fold, str(cfg.folds_csv))
+    pseudo = None
+    if cfg.train.pseudo:
+        pool, train_idx, pseudo = add_pseudo_labels(cfg, pool, train_idx)
     stats = label_stats(pool, train_idx, cfg.data.num_classes, cfg.data.ignore_index)
     check_label_share(stats, cfg.data.classes, cfg.data.ignore_index, f"fold {cfg.fold} training images")
     with RunFolder(cfg, dist.main) as run_dir:
         rt.barrier()
         _describe(cfg, rt, len(train_idx), len(val_idx))
+        if pseudo is not None:
+            write_json(run_dir / "pseudo.json", pseudo)  # which round and which ensemble labelled them
+            log.info("  + %d pseudo-labelled %s images (round %d, threshold %.2f)", pseudo["images"], pseudo["split"],
+                     pseudo["round"], pseudo["threshold"])
         model = rt.prepare(build_model(cfg.model, cfg.data.num_classes))
         if tc.init_from:
             _init_from(model, cfg)

@@ -105,3 +105,35 @@ def test_rare_classes_default_to_the_rarest(make_cfg, caplog):
     line = next(r.getMessage() for r in caplog.records if "rare-class crops" in r.getMessage())
     assert "p=0.50" in line and len(line.split(":", 1)[1].split(",")) == 2  # a third of 6 classes
     assert json.loads(json.dumps(line))
+
+
+def test_pseudo_labels_train_the_next_round_and_never_validate(cfg_of, caplog):
+    from PIL import Image
+
+    from pipeline import pseudo
+    from helpers import fake_runs
+
+    from pipeline import infer
+
+    cfg = cfg_of(name="p0")
+    fake_runs(cfg)
+    infer.run(cfg_of("infer.save_probs=true", "infer.oof=false", name="p0"))
+    conf = np.concatenate([np.load(p)["probs"].astype(np.float32).max(0).ravel()
+                           for p in (cfg.preds_dir() / "probs").glob("*.npz")])
+    threshold = float(np.median(conf))  # about half of the pixels are sure enough
+    cfg = cfg_of(f"pseudo.threshold={threshold}", name="p0")
+    manifest = pseudo.run(cfg)
+    masks = sorted((cfg.pseudo_dir() / "masks").glob("*.png"))
+    assert manifest["round"] == 1 and manifest["images"] == len(masks) == 6 and len(manifest["models"]) == 3
+    assert 0.3 < manifest["kept_pixel_share"] < 0.7
+    kept = sum(int((np.asarray(Image.open(p)) != 255).sum()) for p in masks)
+    assert kept == sum(manifest["kept_pixels"].values())  # the manifest counts what the masks hold
+    caplog.set_level("INFO")
+    nxt = cfg_of("train.pseudo=p0", name="p1")
+    train.run(nxt)
+    assert "16 train / 8 val images" not in caplog.text and "22 train / 8 val images" in caplog.text
+    assert json.loads((nxt.run_dir() / "pseudo.json").read_text())["round"] == 1
+    # round 2: an ensemble trained with round-1 labels makes round-2 labels
+    for k in (1, 2):
+        train.run(cfg_of("train.pseudo=p0", fold=k, name="p1"))
+    assert pseudo.run(cfg_of(f"pseudo.threshold={threshold}", name="p1"))["round"] == 2

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.schema import (Config, DataConfig, FoldsConfig, InferConfig, LossTerm, ModelConfig,
-                                    SubmissionConfig, TrainConfig)
+                                    PseudoConfig, SubmissionConfig, TrainConfig)
 from pipeline.errors import ConfigError
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "infer": InferConfig,
-            "folds": FoldsConfig, "submission": SubmissionConfig}
+            "folds": FoldsConfig, "submission": SubmissionConfig, "pseudo": PseudoConfig}
 TOP_LEVEL = set(SECTIONS) | {"outputs", "submissions"}
 SAVED_ONLY = {"exp", "fold"}  # a resolved config.yaml also records the run it belongs to
 
@@ -283,6 +283,8 @@ def _validate(cfg: Config) -> None:
     for name in t.rare_classes:
         if name not in d.classes:
             raise ConfigError(f"train.rare_classes: {name!r} is not a class")
+    if not 0 < cfg.pseudo.threshold <= 1:
+        raise ConfigError(f"pseudo.threshold: {cfg.pseudo.threshold} must be in (0, 1]")
     if not 0 <= t.swa_epochs <= t.epochs:
         raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs})")
     if t.num_workers < 0 or cfg.infer.num_workers < 0 or cfg.infer.batch_size < 1:

@@ -97,6 +97,7 @@ class TrainConfig:
     clip_grad: float | None = None
     ema_decay: float | None = None
     swa_epochs: int = 0  # average the weights of the last N epochs (BN statistics recomputed) -> swa.pt
+    pseudo: str | None = None  # add the pseudo-labels of outputs/<data>/pseudo/<this name> to training (never validation)
     init_from: str | None = None  # start from another run's weights: "<exp>/fold<k>", "<exp>/all" or a .pt file
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16) | bf16 | fp16 | off
     channels_last: bool = True
@@ -134,6 +135,12 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class PseudoConfig:
+    threshold: float = 0.9  # pixels whose ensemble probability is below this are left unlabelled (ignored)
+    split: str = "test"  # the unlabelled images to label
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig
     model: ModelConfig
@@ -142,6 +149,7 @@ class Config:
     folds: FoldsConfig
     submission: SubmissionConfig
     exp: str
+    pseudo: PseudoConfig = PseudoConfig()
     fold: int = 0
     outputs: str = "outputs"
     submissions: str = "submissions"
@@ -157,6 +165,9 @@ class Config:
     def run_dir(self, fold: int | None = None, exp: str | None = None) -> Path:
         k = self.fold if fold is None else fold
         return self.out_dir / "runs" / (exp or self.exp) / ("all" if k == REFIT else f"fold{k}")
+
+    def pseudo_dir(self, exp: str | None = None) -> Path:
+        return self.out_dir / "pseudo" / (exp or self.exp)
 
     def preds_dir(self, exp: str | None = None) -> Path:
         return self.out_dir / "preds" / (exp or self.exp)

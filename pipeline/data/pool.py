@@ -2,12 +2,15 @@
 folds.csv order, and each fold's train/validation indices into it. Training and inference share it."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
 from pipeline.config.schema import REFIT
-from pipeline.data.sources import Source, open_split
+from pipeline.data.sources import Source, open_split, read_label_png
 from pipeline.errors import DataError
 
 
@@ -67,3 +70,36 @@ def fold_indices(table: pd.DataFrame, fold: int, where: str = "folds.csv") -> tu
     if fold not in known:
         raise DataError(f"fold {fold} is not in {where} (folds: {known})")
     return (table.loc[table["fold"] != fold, "index"].tolist(), table.loc[table["fold"] == fold, "index"].tolist())
+
+
+class PseudoLabelled(Source):
+    """Unlabelled images (e.g. the test split) with the label maps `make pseudo` wrote for them."""
+
+    def __init__(self, images: Source, masks_dir: Path):
+        self.images, self.masks_dir = images, Path(masks_dir)
+        self.records = [r for r in images.records if (self.masks_dir / f"{r.stem}.png").exists()]
+        self._index = {r.stem: i for i, r in enumerate(images.records)}
+        self.num_classes, self.ignore_index = images.num_classes, images.ignore_index
+        self.labelled, self.skipped = True, []
+
+    def image(self, i):
+        return self.images.image(self._index[self.records[i].stem])
+
+    def mask(self, i):
+        return read_label_png(self.masks_dir / f"{self.records[i].stem}.png")
+
+
+def add_pseudo_labels(cfg: Config, pool: Source, train_idx: list[int]) -> tuple[Source, list[int], dict]:
+    """The pool extended by the pseudo-labelled images of train.pseudo, which join the training
+    indices only; and the pseudo-labels' manifest (round, ensemble, threshold)."""
+    folder = cfg.pseudo_dir(cfg.train.pseudo)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise DataError(f"{manifest_path}: not found: no pseudo-labels named {cfg.train.pseudo!r}; "
+                        f"run `make pseudo EXP={cfg.train.pseudo}` first")
+    manifest = json.loads(manifest_path.read_text())
+    pseudo = PseudoLabelled(open_split(cfg.data, manifest["split"], labelled=False), folder / "masks")
+    if len(pseudo) != manifest["images"]:
+        raise DataError(f"{folder}: {len(pseudo)} pseudo-label maps for {manifest['images']} images in its manifest")
+    both = ConcatSource([pool, pseudo])
+    return both, train_idx + list(range(len(pool), len(pool) + len(pseudo))), manifest

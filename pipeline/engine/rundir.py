@@ -18,7 +18,7 @@ log = get_logger("pipeline.train")
 # Settings that do not change what a run computes: they may differ when a run is resumed.
 FREE_TO_CHANGE = ("train.progress", "train.num_workers", "train.trackers", "train.mlflow_uri", "train.on_change",
                   "train.device", "train.compile", "data.root", "data.strict", "outputs", "submissions",
-                  "infer.", "submission.")
+                  "infer.", "submission.", "pseudo.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

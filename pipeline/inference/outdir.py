@@ -11,8 +11,8 @@ from pipeline.io import write_json
 
 
 class PredictionFolder:
-    def __init__(self, final: Path):
-        self.final = Path(final)
+    def __init__(self, final: Path, listed: str = "labels"):
+        self.final, self.listed = Path(final), listed
         self.partial = self.final.with_name(f".{self.final.name}.partial-{os.getpid()}")
 
     def __enter__(self) -> Path:
@@ -22,8 +22,8 @@ class PredictionFolder:
         return self.partial
 
     def commit(self, manifest: dict) -> Path:
-        labels = sorted(p.stem for p in (self.partial / "labels").glob("*.png"))
-        write_json(self.partial / "manifest.json", {**manifest, "label_files": labels})
+        files = sorted(p.stem for p in (self.partial / self.listed).glob("*.png"))
+        write_json(self.partial / "manifest.json", {**manifest, f"{self.listed.rstrip('s')}_files": files})
         old = None
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
