@@ -75,7 +75,10 @@ class IoUMeter:
 
     @staticmethod
     def _tensor(x, device) -> torch.Tensor:
-        return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))).to(device)
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        x = np.ascontiguousarray(x)
+        return torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)  # PIL arrays are read-only
 
     def update(self, pred, truth) -> None:
         cm = confusion_matrix_torch(self._tensor(truth, self.device), self._tensor(pred, self.device),
