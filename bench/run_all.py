@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["rle_speed.py", "score_speed.py", "eda_speed.py", "loader_speed.py", "tta_speed.py",
+SCRIPTS = ["rle_speed.py", "score_speed.py", "eda_speed.py", "check_speed.py", "loader_speed.py", "tta_speed.py",
            "train_overhead.py", "train_throughput.py"]
 
 
