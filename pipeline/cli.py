@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import sys
@@ -28,16 +29,12 @@ def _eda(cfg, named, dist):
     eda.run(cfg)
 
 
-def _check(cfg, named, dist):
-    from pipeline import check
+def _stage(module: str):
+    """A stage whose whole interface is run(cfg)."""
+    def call(cfg, named, dist):
+        importlib.import_module(f"pipeline.{module}").run(cfg)
 
-    check.run(cfg)
-
-
-def _folds(cfg, named, dist):
-    from pipeline import folds
-
-    folds.run(cfg)
+    return call
 
 
 def _train(cfg, named, dist):
@@ -54,32 +51,15 @@ def _train_all(cfg, named, dist):
         train.run(dataclasses.replace(cfg, fold=int(k)), dist)
 
 
-def _infer(cfg, named, dist):
-    from pipeline import infer
-
-    infer.run(cfg)
-
-
-def _pseudo(cfg, named, dist):
-    from pipeline import pseudo
-
-    pseudo.run(cfg)
-
-
-def _submit(cfg, named, dist):
-    from pipeline import submit
-
-    submit.run(cfg)
-
-
 def _score(cfg, named, dist):
     from pipeline import score
 
     score.run(cfg, named["sub"])
 
 
-STAGES = {"demo-data": _demo_data, "check": _check, "eda": _eda, "folds": _folds, "train": _train, "train-all": _train_all,
-          "infer": _infer, "pseudo": _pseudo, "submit": _submit, "score": _score}
+STAGES = {"demo-data": _demo_data, "check": _stage("check"), "eda": _stage("eda"), "folds": _stage("folds"),
+          "train": _train, "train-all": _train_all, "infer": _stage("infer"), "pseudo": _stage("pseudo"),
+          "submit": _stage("submit"), "score": _score}
 
 
 class _Format(logging.Formatter):

@@ -140,6 +140,61 @@ def _check_numbers(ann: dict) -> str | None:
     return None
 
 
+def _categories(doc: dict, path: Path) -> dict[int, str]:
+    categories: dict[int, str] = {}
+    for i, cat in enumerate(doc["categories"]):
+        if not isinstance(cat, dict):
+            raise DataError(f"{path}: categories[{i}]: expected an object, got {cat!r}")
+        for key in ("id", "name"):
+            if key not in cat:
+                raise DataError(f"{path}: categories[{i}]: missing key '{key}'")
+        if not _is_int(cat["id"]):
+            raise DataError(f"{path}: categories[{i}]: 'id' must be an integer, got {cat['id']!r}")
+        categories[cat["id"]] = str(cat["name"])
+    return categories
+
+
+def _image_record(im: Any, i: int, seen: set, images_root: Path | None) -> ImageRecord | str:
+    """The record of images[i], or why it is unusable."""
+    if not isinstance(im, dict):
+        return f"images[{i}]: expected an object with id, file_name, height, width; got {im!r:.80}"
+    where = f"images[{i}] (id {im.get('id')!r})"
+    missing = [k for k in ("id", "file_name", "height", "width") if k not in im]
+    if missing:
+        return f"{where}: missing key '{missing[0]}'" + (" (image entry without size)" if missing[0] in ("height", "width") else "")
+    if not isinstance(im["id"], (int, str)) or isinstance(im["id"], bool) or not isinstance(im["file_name"], str):
+        return f"{where}: 'id' must be an integer or string and 'file_name' a string"
+    if im["id"] in seen:
+        return f"{where}: duplicate image id {im['id']!r}"
+    h, w = im["height"], im["width"]
+    if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
+        return f"{where}: 'height'/'width' must be positive integers, got {h!r}x{w!r}"
+    path = (Path(images_root) / im["file_name"]) if images_root is not None else None
+    return ImageRecord(im["id"], im["file_name"], h, w, path)
+
+
+def _annotation_problem(ann: Any, i: int, categories: dict, by_id: dict) -> str | None:
+    """Why annotations[i] is unusable, or None."""
+    if not isinstance(ann, dict):
+        return f"annotations[{i}]: expected an object, got {ann!r:.80}"
+    where = f"annotations[{i}] (id {ann.get('id')!r})"
+    missing = [k for k in ("image_id", "category_id", "segmentation") if k not in ann]
+    if missing:
+        return f"{where}: missing key '{missing[0]}'"
+    if not _is_int(ann["category_id"]) or not isinstance(ann["image_id"], (int, str)):
+        return (f"{where}: 'category_id' must be an integer and 'image_id' an integer or string, "
+                f"got {ann['category_id']!r} and {ann['image_id']!r}")
+    why = _check_numbers(ann)
+    if why is None and ann["category_id"] not in categories:
+        why = f"unknown category id {ann['category_id']!r}"
+    img = by_id.get(ann["image_id"])
+    if why is None and img is None:
+        why = f"'image_id' {ann['image_id']!r} is not in 'images'"
+    if why is None:
+        why = _check_segmentation(ann["segmentation"], img.height, img.width)
+    return None if why is None else f"{where}: {why}"
+
+
 def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
               require_annotations: bool = True) -> CocoSet:
     """Read and validate a COCO file. strict=False skips bad records but lists every one."""
@@ -151,7 +206,7 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
     for key in required:
         if key not in doc:
             raise DataError(f"{path}: missing top-level key '{key}'")
-    for key in required + (["annotations"] if "annotations" in doc and not require_annotations else []):
+    for key in set(required) | ({"annotations"} & set(doc)):
         if not isinstance(doc[key], list):
             raise DataError(f"{path}: '{key}' must be a list of objects, got {type(doc[key]).__name__}")
     skipped: list[str] = []
@@ -161,73 +216,24 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
             raise DataError(f"{path}: {msg}")
         skipped.append(msg)
 
-    categories: dict[int, str] = {}
-    for i, cat in enumerate(doc["categories"]):
-        if not isinstance(cat, dict):
-            raise DataError(f"{path}: categories[{i}]: expected an object, got {cat!r}")
-        for key in ("id", "name"):
-            if key not in cat:
-                raise DataError(f"{path}: categories[{i}]: missing key '{key}'")
-        if not _is_int(cat["id"]):
-            raise DataError(f"{path}: categories[{i}]: 'id' must be an integer, got {cat['id']!r}")
-        categories[cat["id"]] = str(cat["name"])
-
+    categories = _categories(doc, path)
     images: list[ImageRecord] = []
     seen: set = set()
     for i, im in enumerate(doc["images"]):
-        if not isinstance(im, dict):
-            bad(f"images[{i}]: expected an object with id, file_name, height, width; got {im!r:.80}")
+        rec = _image_record(im, i, seen, images_root)
+        if isinstance(rec, str):
+            bad(rec)
             continue
-        where = f"images[{i}] (id {im.get('id')!r})"
-        missing = [k for k in ("id", "file_name", "height", "width") if k not in im]
-        if missing:
-            bad(f"{where}: missing key '{missing[0]}'" + (" (image entry without size)" if missing[0] in ("height", "width") else ""))
-            continue
-        if not isinstance(im["id"], (int, str)) or isinstance(im["id"], bool) or not isinstance(im["file_name"], str):
-            bad(f"{where}: 'id' must be an integer or string and 'file_name' a string")
-            continue
-        if im["id"] in seen:
-            bad(f"{where}: duplicate image id {im['id']!r}")
-            continue
-        h, w = im["height"], im["width"]
-        if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
-            bad(f"{where}: 'height'/'width' must be positive integers, got {h!r}x{w!r}")
-            continue
-        seen.add(im["id"])
-        img_path = (Path(images_root) / im["file_name"]) if images_root is not None else None
-        images.append(ImageRecord(im["id"], str(im["file_name"]), h, w, img_path))
-
+        seen.add(rec.id)
+        images.append(rec)
     by_id = {img.id: img for img in images}
     anns: dict[Any, list[dict]] = {}
     for i, ann in enumerate(doc.get("annotations", [])):
-        if not isinstance(ann, dict):
-            bad(f"annotations[{i}]: expected an object, got {ann!r:.80}")
-            continue
-        where = f"annotations[{i}] (id {ann.get('id')!r})"
-        missing = [k for k in ("image_id", "category_id", "segmentation") if k not in ann]
-        if missing:
-            bad(f"{where}: missing key '{missing[0]}'")
-            continue
-        if not _is_int(ann["category_id"]) or not isinstance(ann["image_id"], (int, str)):
-            bad(f"{where}: 'category_id' must be an integer and 'image_id' an integer or string, "
-                f"got {ann['category_id']!r} and {ann['image_id']!r}")
-            continue
-        why = _check_numbers(ann)
+        why = _annotation_problem(ann, i, categories, by_id)
         if why:
-            bad(f"{where}: {why}")
+            bad(why)
             continue
-        if ann["category_id"] not in categories:
-            bad(f"{where}: unknown category id {ann['category_id']!r}")
-            continue
-        img = by_id.get(ann["image_id"])
-        if img is None:
-            bad(f"{where}: 'image_id' {ann['image_id']!r} is not in 'images'")
-            continue
-        why = _check_segmentation(ann["segmentation"], img.height, img.width)
-        if why:
-            bad(f"{where}: {why}")
-            continue
-        anns.setdefault(img.id, []).append(ann)
+        anns.setdefault(ann["image_id"], []).append(ann)
     ids = [a.get("id") for a in doc.get("annotations", []) if isinstance(a, dict)]
     seen_ids: set = set()
     dup = sorted({i for i in ids if i in seen_ids or seen_ids.add(i)}, key=str)

@@ -2,8 +2,10 @@
 `Tracker(cfg, run_dir)`; a new one (W&B, ...) is one class here and one name in TRACKERS."""
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import time
 from pathlib import Path
 
 from pipeline.config import Config, config_to_dict, config_to_yaml
@@ -26,16 +28,20 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _require(module: str, tracker: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise TrainingError(f"train.trackers has {tracker} but the package is missing: "
+                            f"pip install 'segpipe[{extra}]'") from None
+
+
 class TensorBoard(Hook):
     name = "tensorboard"
 
     def __init__(self, cfg: Config, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise TrainingError("train.trackers has tensorboard but the package is missing: "
-                                "pip install 'segpipe[tensorboard]'") from None
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        tensorboard = _require("torch.utils.tensorboard", "tensorboard", "tensorboard")
+        self.writer = tensorboard.SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def after_epoch(self, trainer) -> None:
         row = trainer.history[-1]
@@ -55,11 +61,7 @@ class MLflow(Hook):
     name = "mlflow"
 
     def __init__(self, cfg: Config, run_dir: Path):
-        try:
-            import mlflow
-        except ImportError:
-            raise TrainingError("train.trackers has mlflow but the package is missing: "
-                                "pip install 'segpipe[mlflow]'") from None
+        mlflow = _require("mlflow", "mlflow", "mlflow")
         self.mlflow, self.cfg, self.run_dir, self.run_id = mlflow, cfg, Path(run_dir), None
         self.uri = cfg.train.mlflow_uri or (Path(cfg.outputs).resolve() / "mlruns").as_uri()
         if self.uri.startswith("file:"):
@@ -83,8 +85,6 @@ class MLflow(Hook):
 
     def after_epoch(self, trainer) -> None:
         row = trainer.history[-1]
-        import time
-
         now = int(time.time() * 1000)
         metrics = [self.mlflow.entities.Metric(k, v, now, row["epoch"]) for k, v in _scalars(row).items()]
         self.client.log_batch(self.run_id, metrics=metrics)
