@@ -29,13 +29,14 @@ def run(cfg: Config) -> dict:
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
                     "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],
                     "checkpoint": cfg.infer.checkpoint, "refit": cfg.infer.refit, "tta": list(cfg.infer.tta),
-                    "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test), "cv_miou": None}
+                    "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test),
+                    "metric": cfg.competition.metric, "cv_score": None, "cv_miou": None}
         if cfg.infer.oof and by_fold:  # OOF figures always come from the fold models
             manifest.update(predict_oof(cfg, by_fold, rt, tta, out / "oof"))
         out = folder.commit(manifest)
     cv = ""
-    if manifest["cv_miou"] is not None:
-        cv = (f", CV mIoU {manifest['cv_miou']:.4f} (OOF pooled; per fold {manifest['cv_fold_mean']:.4f} "
-              f"± {manifest['cv_fold_std']:.4f})")
+    if manifest["cv_score"] is not None:
+        cv = (f", CV {manifest['metric']} {manifest['cv_score']:.4f} (OOF pooled; per fold "
+              f"{manifest['cv_fold_mean']:.4f} ± {manifest['cv_fold_std']:.4f})")
     log.info("infer: %d test images x %d model(s) x %d TTA view(s) -> %s%s", len(test), len(members), len(tta), out, cv)
     return manifest

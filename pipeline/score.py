@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.competition.metrics import IoUMeter
+from pipeline.competition.metrics import competition_metric
 from pipeline.competition.rle import runs_to_mask
 from pipeline.competition.submission import class_ids, read_submission, validate
 from pipeline.config import Config
@@ -40,13 +40,15 @@ def score_submission(path: Path, cfg: Config) -> dict:
         sizes[stem] = truth_maps[stem].shape
     df = read_submission(path, cfg.submission)
     parsed = validate(df, sizes, classes, cfg.submission, name=str(path))
-    meter = IoUMeter(cfg.data.num_classes, cfg.data.ignore_index, classes)
+    meter = competition_metric(cfg)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     for stem, t in truth_maps.items():
         masks = np.stack([runs_to_mask(*parsed.get((stem, c), empty), t.shape, cfg.submission.rle_order) for c in classes])
         meter.update_masks(masks, t)
     m = meter.compute()
-    return {"miou": m["miou"], "iou": {cfg.data.classes[c]: float(v) for c, v in zip(classes, m["iou"])},
+    return {"metric": meter.name, "score": m["score"], "miou": m["miou"],
+            "per_class": {cfg.data.classes[c]: float(v) for c, v in zip(classes, m["per_class"])},
+            "iou": {cfg.data.classes[c]: float(v) for c, v in zip(classes, m["iou"])},
             "pixel_acc": m["pixel_acc"], "images": len(truth_maps)}
 
 
@@ -56,13 +58,13 @@ def _bar_chart(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(result["iou"])
+    names = list(result["per_class"])
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1))
-    ax.barh(names, [result["iou"][n] for n in names])
+    ax.barh(names, [result["per_class"][n] for n in names])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("IoU")
-    ax.set_title(f"{path.stem.removesuffix('.iou')}: mIoU {result['miou']:.4f}")
+    ax.set_xlabel(result["metric"])
+    ax.set_title(f"{path.stem.removesuffix('.iou')}: {result['metric']} {result['score']:.4f}")
     save_figure(path, fig)
     plt.close(fig)
 
@@ -75,17 +77,23 @@ def run(cfg: Config, sub: str | None = None) -> dict:
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "data": cfg.data.name, "file": str(path),
            "experiments": "+".join(meta.get("experiments", [])) or meta.get("exp", ""),
            "folds": " ".join(str(f) for f in meta.get("folds", [])), "tta": " ".join(meta.get("tta", [])),
-           "cv_miou": meta.get("cv_miou"), "local_miou": result["miou"], "pixel_acc": result["pixel_acc"],
-           **{f"iou_{k}": v for k, v in result["iou"].items()}}
+           "metric": result["metric"], "cv_score": meta.get("cv_score", meta.get("cv_miou")),
+           "local_score": result["score"], "cv_miou": meta.get("cv_miou"), "local_miou": result["miou"],
+           "pixel_acc": result["pixel_acc"], **{f"iou_{k}": v for k, v in result["iou"].items()}}
     board_path = Path(cfg.submissions) / "leaderboard.csv"
     board = pd.read_csv(board_path) if board_path.exists() else pd.DataFrame()
     board = pd.concat([board, pd.DataFrame([row])], ignore_index=True)
+    board["metric"] = board["metric"].fillna("miou")  # rows written before metrics were configurable
+    for kind in ("cv", "local"):
+        board[f"{kind}_score"] = board[f"{kind}_score"].fillna(board[f"{kind}_miou"])
     _bar_chart(result, path.with_suffix(".iou.png"))
     write_text(board_path, board.to_csv(index=False))  # the record last, once everything else succeeded
-    ranked = board[board["data"] == cfg.data.name].sort_values("local_miou", ascending=False)
-    cols = ["time", "experiments", "folds", "tta", "cv_miou", "local_miou", "pixel_acc", "file"]
+    ranked = board[(board["data"] == cfg.data.name) & (board["metric"] == result["metric"])]
+    ranked = ranked.sort_values("local_score", ascending=False)
+    cols = ["time", "experiments", "folds", "tta", "metric", "cv_score", "local_score", "pixel_acc", "file"]
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         table = ranked[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
-    log.info("score: %s: local mIoU %.4f, pixel accuracy %.4f\n  %s\n\nleaderboard (%s):\n%s", path, result["miou"],
-             result["pixel_acc"], "  ".join(f"{k} {v:.3f}" for k, v in result["iou"].items()), cfg.data.name, table)
+    log.info("score: %s: local %s %.4f (mIoU %.4f), pixel accuracy %.4f\n  %s\n\nleaderboard (%s):\n%s", path,
+             result["metric"], result["score"], result["miou"], result["pixel_acc"],
+             "  ".join(f"{k} {v:.3f}" for k, v in result["per_class"].items()), cfg.data.name, table)
     return result

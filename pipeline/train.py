@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, DistributedSampler
 
+from pipeline.competition.metrics import competition_metric
 from pipeline.config import Config
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
@@ -52,15 +53,16 @@ def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dic
         loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index).to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
         trainer = Trainer(model, optimizer, scheduler, per_step, loss_fn, train_loader, val_loader, rt, tc,
-                          cfg.data.classes, cfg.data.ignore_index, _hooks(cfg, run_dir, dist) + list(hooks))
+                          cfg.data.classes, competition_metric(cfg, rt.device), _hooks(cfg, run_dir, dist) + list(hooks))
         state = checkpoint.load_latest(run_dir)
         if state is not None:
             trainer.load_state_dict(state)
             done = " (complete: nothing to train)" if trainer.epoch >= tc.epochs else ""
-            log.info("train: resuming %s after epoch %d (best val mIoU %.4f)%s", run_dir, trainer.epoch, trainer.best, done)
+            log.info("train: resuming %s after epoch %d (best val %s %.4f)%s", run_dir, trainer.epoch,
+                     cfg.competition.metric, trainer.best, done)
         result = trainer.fit()
     rt.barrier()
-    return {"best_val_miou": trainer.best, "epochs": trainer.epoch, "run_dir": str(run_dir),
+    return {"best_score": trainer.best, "metric": cfg.competition.metric, "epochs": trainer.epoch, "run_dir": str(run_dir),
             "early_stopped_at": trainer.epoch if result["stop_reason"] else None}
 
 
@@ -73,7 +75,7 @@ def _init_from(model, cfg: Config) -> None:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise TrainingError(f"train.init_from={src}: {path} does not fit this model: {str(e).splitlines()[0]}") from None
-    log.info("  initialised from %s (epoch %s, val mIoU %s)", path, state.get("epoch"), state.get("val_miou"))
+    log.info("  initialised from %s (epoch %s, val score %s)", path, state.get("epoch"), state.get("val_score"))
 
 
 def _hooks(cfg: Config, run_dir, dist: DistInfo) -> list[Hook]:

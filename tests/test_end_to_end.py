@@ -65,7 +65,7 @@ def test_full_chain(cli, demo_root, tmp_path, capsys):
     present = union > 0
     expected = np.mean(inter[present] / union[present])
     assert board["local_miou"][0] == pytest.approx(expected, abs=1e-12)
-    assert f"local mIoU {expected:.4f}" in printed
+    assert f"local miou {expected:.4f}" in printed and board["local_score"][0] == board["local_miou"][0]
 
 
 def test_stage_errors_are_one_line(cli, capsys):

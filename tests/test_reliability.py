@@ -136,7 +136,7 @@ def test_images_of_mixed_sizes_train_without_resize(tmp_path):
     folds.run(cfg)
     out = train.run(cfg)
     m = pd.read_csv(cfg.run_dir() / "metrics.csv")
-    assert np.isfinite(m["train_loss"][0]) and 0 <= out["best_val_miou"] <= 1
+    assert np.isfinite(m["train_loss"][0]) and 0 <= out["best_score"] <= 1
 
 
 def test_pad_collate_pads_masks_with_ignore():

@@ -36,7 +36,7 @@ def test_every_model_trains_a_few_steps(fold_cfg, arch, encoder, params):
     assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists()
     m = pd.read_csv(run_dir / "metrics.csv")
     assert len(m) == 1 and 0 <= m["val_miou"][0] <= 1 and np.isfinite(m["train_loss"][0])
-    assert out["best_val_miou"] == pytest.approx(m["val_miou"][0], abs=1e-12)
+    assert out["best_score"] == pytest.approx(m["val_miou"][0], abs=1e-12)
     assert (run_dir / "config.yaml").exists() and (run_dir / "curves.png").exists()
 
 
@@ -158,7 +158,7 @@ def test_gpu_amp_channels_last(fold_cfg, arch, encoder, params, amp):
     out = train.run(cfg)
     m = pd.read_csv(cfg.run_dir() / "metrics.csv")
     assert m["bad_steps"].sum() == 0 and np.isfinite(m["train_loss"]).all()
-    assert 0 <= out["best_val_miou"] <= 1
+    assert 0 <= out["best_score"] <= 1
 
 
 def test_validation_every_n_epochs(fold_cfg):
@@ -232,12 +232,13 @@ def test_early_stopping_on_val_miou(fold_cfg, monkeypatch):
 
     def scripted(self):
         self.confusion = np.eye(len(self.class_names), dtype=np.int64)
-        return {"val_loss": 1.0, "val_miou": next(scores) / 2, "pixel_acc": 0.5}
+        s = next(scores) / 2
+        return {"val_loss": 1.0, "val_score": s, "val_miou": s, "pixel_acc": 0.5}
 
     monkeypatch.setattr(Trainer, "validate", scripted)
     out = train.run(fold_cfg("train.epochs=6", "train.patience=2"))
     assert out["early_stopped_at"] == 4 and out["epochs"] == 4
-    assert out["best_val_miou"] == pytest.approx(0.35)
+    assert out["best_score"] == pytest.approx(0.35)
     best = torch.load(out["run_dir"] + "/best.pt", weights_only=False)
     assert best["epoch"] == 1  # 0-based: the second epoch
 

@@ -53,17 +53,21 @@ def multilabel_counts(pred: dict[int, np.ndarray], truth: np.ndarray, class_ids,
 
 class IoUMeter:
     """Dataset-level IoU, accumulated batch by batch on any device and reduced across DDP ranks.
+    The base of every competition metric (`build_metric`): all of them also keep this one, the
+    confusion matrix and the pixel accuracy.
 
-    `update(pred, truth)` takes label maps (one class per pixel, the confusion matrix is kept too);
-    `update_masks(masks, truth)` takes one binary mask per reported class, which may overlap: a
-    pixel predicted for several classes counts for each. Pixels whose truth is `ignore_index` (or
-    any value outside the classes) are excluded. `classes` are the class indices reported
-    (default all); `compute()` averages IoU over those that occur in truth or prediction."""
+    `update(pred, truth)` takes label maps, (H, W) or a batch (B, H, W); `update_masks(masks, truth)`
+    one image's binary mask per reported class, which may overlap: a pixel predicted for several
+    classes counts for each. Pixels whose truth is `ignore_index` (or any value outside the classes)
+    are excluded. `classes` are the class indices scored (default all)."""
+    name = "miou"
+    per_image = False
 
     def __init__(self, num_classes: int, ignore_index: int, classes=None, device="cpu"):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.classes = list(range(num_classes)) if classes is None else list(classes)
         self.device = torch.device(device)
+        self.sel = torch.tensor(self.classes, device=self.device, dtype=torch.long)
         self.reset()
 
     def reset(self) -> None:
@@ -72,6 +76,8 @@ class IoUMeter:
         self.union = torch.zeros(k, dtype=torch.int64, device=dev)
         self.counts = torch.zeros(2, dtype=torch.int64, device=dev)  # correct, valid pixels
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=dev)
+        self.image_sums = torch.zeros(2, dtype=torch.float64, device=dev)  # per-image metrics: sum, count
+        self.class_sums = torch.zeros(k, 2, dtype=torch.float64, device=dev)  # per class: sum, count
 
     @staticmethod
     def _tensor(x, device) -> torch.Tensor:
@@ -81,37 +87,92 @@ class IoUMeter:
         return torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)  # PIL arrays are read-only
 
     def update(self, pred, truth) -> None:
-        cm = confusion_matrix_torch(self._tensor(truth, self.device), self._tensor(pred, self.device),
-                                    self.num_classes, self.ignore_index)
-        self.confusion += cm
-        sel = torch.tensor(self.classes, device=self.device)
-        diag = cm.diagonal()
-        self.inter += diag[sel]
-        self.union += (cm.sum(0) + cm.sum(1) - diag)[sel]
-        self.counts += torch.stack([diag[sel].sum(), cm.sum()])
+        p, t = self._tensor(pred, self.device), self._tensor(truth, self.device)
+        pairs = zip(p.reshape(-1, *p.shape[-2:]), t.reshape(-1, *t.shape[-2:])) if self.per_image else [(p, t)]
+        for pi, ti in pairs:
+            cm = confusion_matrix_torch(ti, pi, self.num_classes, self.ignore_index)
+            self.confusion += cm
+            diag = cm.diagonal()
+            self._add(diag[self.sel], cm.sum(0)[self.sel], cm.sum(1)[self.sel], diag[self.sel].sum(), cm.sum())
 
     def update_masks(self, masks, truth) -> None:
         """masks: (len(classes), H, W) bool, in the order of `classes`; truth: (H, W) label map."""
         t = self._tensor(truth, self.device).long()
         m = self._tensor(masks, self.device).bool()
         valid = (t != self.ignore_index) & (t < self.num_classes)
-        for k, c in enumerate(self.classes):
-            p, y = m[k] & valid, t == c
-            self.inter[k] += (p & y).sum()
-            self.union[k] += (p | y).sum()
-        self.counts += torch.stack([self.inter.new_tensor(0), valid.sum()])
-        self.counts[0] += sum((m[k] & (t == c)).sum() for k, c in enumerate(self.classes))
+        y = torch.stack([t == c for c in self.classes])
+        p = m & valid
+        inter = (p & y).flatten(1).sum(1)
+        self._add(inter, p.flatten(1).sum(1), y.flatten(1).sum(1), inter.sum(), valid.sum())
+
+    def _add(self, inter, pred_px, true_px, correct, valid) -> None:
+        """One image's (or, for dataset-level metrics, one batch's) per-class pixel counts."""
+        self.inter += inter
+        self.union += pred_px + true_px - inter
+        self.counts += torch.stack([correct, valid])
+        if self.per_image:
+            per_class, scored = self._image_scores(inter.double(), pred_px.double(), true_px.double())
+            if scored.any():
+                self.image_sums += torch.stack([per_class[scored].mean(), per_class.new_tensor(1.0)])
+                self.class_sums[scored] += torch.stack([per_class[scored], torch.ones_like(per_class[scored])], 1)
+
+    def _image_scores(self, inter, pred_px, true_px):
+        """(score per class, which classes count) for one image."""
+        raise NotImplementedError
 
     def all_reduce(self) -> None:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            for t in (self.inter, self.union, self.counts, self.confusion):
+            for t in (self.inter, self.union, self.counts, self.confusion, self.image_sums, self.class_sums):
                 dist.all_reduce(t)
 
     def compute(self) -> dict:
+        """miou, iou (per class), pixel_acc, and the metric's own `score` and `per_class`."""
         inter, union = self.inter.cpu().numpy(), self.union.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
         correct, valid = (int(v) for v in self.counts.cpu())
-        return {"miou": mean_iou(iou), "iou": iou, "pixel_acc": correct / valid if valid else float("nan")}
+        out = {"miou": mean_iou(iou), "iou": iou, "pixel_acc": correct / valid if valid else float("nan"),
+               "score": mean_iou(iou), "per_class": iou}
+        if self.per_image:
+            total, images = (float(v) for v in self.image_sums.cpu())
+            sums = self.class_sums.cpu().numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["per_class"] = np.where(sums[:, 1] > 0, sums[:, 0] / np.maximum(sums[:, 1], 1), np.nan)
+            out["score"] = total / images if images else float("nan")
+        return out
+
+
+class ImageMeanIoU(IoUMeter):
+    """mIoU of each image (over the classes in its truth or prediction), averaged over images."""
+    name = "miou_image"
+    per_image = True
+
+    def _image_scores(self, inter, pred_px, true_px):
+        union = pred_px + true_px - inter
+        return inter / union.clamp(min=1), union > 0
+
+
+class ImageClassDice(IoUMeter):
+    """Mean Dice over (image, class) pairs; a class empty in both truth and prediction scores 1."""
+    name = "dice_image_class"
+    per_image = True
+
+    def _image_scores(self, inter, pred_px, true_px):
+        denom = pred_px + true_px
+        return torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom)), torch.ones_like(denom, dtype=torch.bool)
+
+
+METRICS = {m.name: m for m in (IoUMeter, ImageMeanIoU, ImageClassDice)}
+
+
+def build_metric(name: str, num_classes: int, ignore_index: int, classes=None, device="cpu") -> IoUMeter:
+    return METRICS[name](num_classes, ignore_index, classes, device)
+
+
+def competition_metric(cfg, device="cpu") -> IoUMeter:
+    """The competition's metric over the classes it scores: what validation, OOF and `make score` use."""
+    from pipeline.competition.submission import class_ids
+
+    return build_metric(cfg.competition.metric, cfg.data.num_classes, cfg.data.ignore_index, class_ids(cfg), device)

@@ -15,12 +15,13 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config.schema import (Config, DataConfig, FoldsConfig, InferConfig, LossTerm, ModelConfig,
-                                    PseudoConfig, SubmissionConfig, TrainConfig)
+from pipeline.config.schema import (CompetitionConfig, Config, DataConfig, FoldsConfig, InferConfig, LossTerm,
+                                    ModelConfig, PseudoConfig, SubmissionConfig, TrainConfig)
 from pipeline.errors import ConfigError
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "infer": InferConfig,
-            "folds": FoldsConfig, "submission": SubmissionConfig, "pseudo": PseudoConfig}
+            "folds": FoldsConfig, "submission": SubmissionConfig, "competition": CompetitionConfig,
+            "pseudo": PseudoConfig}
 TOP_LEVEL = set(SECTIONS) | {"outputs", "submissions"}
 SAVED_ONLY = {"exp", "fold"}  # a resolved config.yaml also records the run it belongs to
 
@@ -233,6 +234,7 @@ _CHOICES = {
     "train.on_change": ("refuse", "restart"),
     "infer.refit": ("off", "with", "only"),
     "infer.checkpoint": ("best", "swa"),
+    "competition.metric": ("miou", "miou_image", "dice_image_class"),
 }
 TRACKERS = ("tensorboard", "mlflow")
 LOSSES = ("ce", "dice", "focal", "lovasz")

@@ -102,7 +102,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False
-    patience: int | None = None  # early stopping, in validations without a better val mIoU
+    patience: int | None = None  # early stopping, in validations without a better val score (competition.metric)
     val_every: int = 1  # validate every N epochs (and always after the last)
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     num_workers: int = 0
@@ -135,6 +135,13 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class CompetitionConfig:
+    # miou: dataset-level (intersections and unions summed over images; CamVid) | miou_image: each
+    # image's mIoU, averaged | dice_image_class: mean Dice over (image, class), empty vs empty = 1
+    metric: str = "miou"
+
+
+@dataclass(frozen=True)
 class PseudoConfig:
     threshold: float = 0.9  # pixels whose ensemble probability is below this are left unlabelled (ignored)
     split: str = "test"  # the unlabelled images to label
@@ -149,6 +156,7 @@ class Config:
     folds: FoldsConfig
     submission: SubmissionConfig
     exp: str
+    competition: CompetitionConfig = CompetitionConfig()
     pseudo: PseudoConfig = PseudoConfig()
     fold: int = 0
     outputs: str = "outputs"

@@ -43,7 +43,7 @@ class Hook:
 
 
 class EarlyStopping(Hook):
-    """Stops after `patience` validations without a better val mIoU (None: never)."""
+    """Stops after `patience` validations without a better val score (None: never)."""
     name = "early_stopping"
 
     def __init__(self, patience: int | None):
@@ -51,7 +51,7 @@ class EarlyStopping(Hook):
 
     def _check(self, trainer) -> None:
         if self.patience is not None and self.bad >= self.patience:
-            trainer.stop(f"early stop after epoch {trainer.epoch}: no better val mIoU for {self.patience} validations")
+            trainer.stop(f"early stop after epoch {trainer.epoch}: no better val score for {self.patience} validations")
 
     def before_train(self, trainer) -> None:
         self._check(trainer)  # a resumed run that had already stopped
@@ -79,7 +79,7 @@ class MetricsCSV(Hook):
 
 
 class Checkpoint(Hook):
-    """last.pt every epoch (the previous one kept), best.pt when val mIoU improved: the eval model
+    """last.pt every epoch (the previous one kept), best.pt when the val score improved: the eval model
     (EMA when on) with what inference needs to rebuild it. A run without validation (the
     full-data refit) writes best.pt from its final weights."""
     name = "checkpoint"
@@ -88,7 +88,8 @@ class Checkpoint(Hook):
         self.run_dir, self.meta = Path(run_dir), meta
 
     def after_epoch(self, trainer) -> None:
-        meta = {**self.meta, "epoch": trainer.epoch - 1, "val_miou": trainer.history[-1]["val_miou"]}
+        row = trainer.history[-1]
+        meta = {**self.meta, "epoch": trainer.epoch - 1, "val_score": row["val_score"], "val_miou": row["val_miou"]}
         final_unvalidated = trainer.val_loader is None and trainer.epoch == trainer.tc.epochs
         if trainer.improved or final_unvalidated:
             checkpoint.save(self.run_dir / "best.pt", {"model": trainer.eval_model.state_dict(), "optimizer": None,
@@ -130,12 +131,14 @@ class WeightAveraging(Hook):
             log.warning("train: no weights averaged (stopped before the last %d epochs); no swa.pt", self.epochs)
             return
         update_bn(_images(trainer.train_loader, trainer.rt), self.average.module)
-        row = trainer.validate(self.average.module) if trainer.val_loader is not None else {"val_miou": float("nan")}
+        nan = float("nan")
+        row = trainer.validate(self.average.module) if trainer.val_loader is not None else {"val_score": nan, "val_miou": nan}
         checkpoint.save(self.run_dir / "swa.pt", {"model": self.average.module.state_dict(), "optimizer": None,
-                                                  **self.meta, "epoch": trainer.epoch - 1, "val_miou": row["val_miou"],
-                                                  "averaged": n}, keep_previous=False)
+                                                  **self.meta, "epoch": trainer.epoch - 1, "val_score": row["val_score"],
+                                                  "val_miou": row["val_miou"], "averaged": n}, keep_previous=False)
         self.saved = True
-        log.info("train: swa.pt: %d epochs averaged, val mIoU %.4f (best single epoch %.4f)", n, row["val_miou"], trainer.best)
+        log.info("train: swa.pt: %d epochs averaged, val %s %.4f (best single epoch %.4f)", n, trainer.meter.name,
+                 row["val_score"], trainer.best)
 
     def state_dict(self) -> dict:
         return {"average": self.average.state_dict() if self.average is not None else None, "saved": self.saved}
@@ -159,8 +162,8 @@ class Plots(Hook):
 
     def after_epoch(self, trainer) -> None:
         if trainer.validated:
-            history = pd.DataFrame(trainer.history).dropna(subset=["val_miou"])
-            plot_curves(history, self.run_dir / "curves.png")
+            history = pd.DataFrame(trainer.history).dropna(subset=["val_score"])
+            plot_curves(history, self.run_dir / "curves.png", trainer.meter.name)
             plot_confusion(trainer.confusion, trainer.class_names, self.run_dir / "confusion.png")
 
 
@@ -169,7 +172,7 @@ class ConsoleLog(Hook):
 
     def after_epoch(self, trainer) -> None:
         r = trainer.history[-1]
-        val = (f"val loss {r['val_loss']:.4f}  val mIoU {r['val_miou']:.4f}{' *' if trainer.improved else ''}"
+        val = (f"val loss {r['val_loss']:.4f}  val {trainer.meter.name} {r['val_score']:.4f}{' *' if trainer.improved else ''}"
                if trainer.validated else "(no validation)")
         skipped = f", {r['bad_steps']} skipped steps" if r["bad_steps"] else ""
         log.info("epoch %d/%d  train loss %.4f  %s  (%.1fs%s)", r["epoch"], trainer.tc.epochs, r["train_loss"], val,
@@ -192,7 +195,7 @@ class KillAtStep(Hook):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def plot_curves(history: pd.DataFrame, path: Path) -> None:
+def plot_curves(history: pd.DataFrame, path: Path, metric: str = "miou") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,9 +207,9 @@ def plot_curves(history: pd.DataFrame, path: Path) -> None:
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.legend()
-    b.plot(history["epoch"], history["val_miou"], marker="o")
+    b.plot(history["epoch"], history["val_score"], marker="o")
     b.set_xlabel("epoch")
-    b.set_ylabel("val mIoU")
+    b.set_ylabel(f"val {metric}")
     save_figure(path, fig)
     plt.close(fig)
 

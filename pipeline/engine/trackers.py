@@ -55,7 +55,7 @@ class TensorBoard(Hook):
 
 class MLflow(Hook):
     """One MLflow run per training run: the flattened config as parameters, config.yaml as an
-    artifact, every metrics.csv column (losses, val mIoU, per-class IoU, LRs) as a metric per epoch,
+    artifact, every metrics.csv column (losses, val score and mIoU, per-class IoU, LRs) as a metric per epoch,
     and the plots at the end. A resumed run logs into the same MLflow run. Without `train.mlflow_uri`
     the store is the local file store <outputs>/mlruns: `mlflow ui --backend-store-uri <that>`."""
     name = "mlflow"

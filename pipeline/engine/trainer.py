@@ -22,8 +22,9 @@ from pipeline.errors import TrainingError
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, optimizer, scheduler, per_step_scheduler: bool, loss_fn,
-                 train_loader, val_loader, rt: Runtime, tc: TrainConfig, class_names, ignore_index: int,
+                 train_loader, val_loader, rt: Runtime, tc: TrainConfig, class_names, meter: IoUMeter,
                  hooks: list[Hook] = ()):
+        """`meter` is the competition's metric; its score chooses the best checkpoint."""
         self.model, self.optimizer, self.scheduler, self.per_step = model, optimizer, scheduler, per_step_scheduler
         self.loss_fn, self.train_loader, self.val_loader = loss_fn, train_loader, val_loader
         self.rt, self.tc, self.class_names, self.hooks = rt, tc, list(class_names), list(hooks)
@@ -36,7 +37,7 @@ class Trainer:
         self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
                     if tc.ema_decay else None)
         self.batches = epoch_batches(len(train_loader), tc)
-        self.meter = IoUMeter(len(self.class_names), ignore_index, device=rt.device)
+        self.meter = meter
         # progress, read and written by hooks
         self.epoch = 0  # epochs completed
         self.global_step = 0
@@ -139,8 +140,12 @@ class Trainer:
         self.meter.all_reduce()
         m = self.meter.compute()
         self.confusion = self.meter.confusion.cpu().numpy()
-        return {"val_loss": float(loss[0] / loss[1]) if loss[1] else float("nan"), "val_miou": m["miou"],
-                "pixel_acc": m["pixel_acc"], **{f"iou_{n}": float(v) for n, v in zip(self.class_names, m["iou"])}}
+        scored = [self.class_names[c] for c in self.meter.classes]
+        row = {"val_loss": float(loss[0] / loss[1]) if loss[1] else float("nan"), "val_score": m["score"],
+               "val_miou": m["miou"], "pixel_acc": m["pixel_acc"], **{f"iou_{n}": float(v) for n, v in zip(scored, m["iou"])}}
+        if self.meter.per_image:
+            row.update({f"{self.meter.name}_{n}": float(v) for n, v in zip(scored, m["per_class"])})
+        return row
 
     def fit(self) -> dict:
         tc = self.tc
@@ -153,20 +158,19 @@ class Trainer:
             if self.validated:
                 row.update(self.validate())
                 if not self.per_step:
-                    self.scheduler.step(row["val_miou"])
+                    self.scheduler.step(row["val_score"])
             else:
-                row.update({"val_loss": float("nan"), "val_miou": float("nan"), "pixel_acc": float("nan"),
-                            **{f"iou_{n}": float("nan") for n in self.class_names}})
-            self.improved = self.validated and row["val_miou"] > self.best
+                row.update({k: float("nan") for k in ("val_loss", "val_score", "val_miou", "pixel_acc")})
+            self.improved = self.validated and row["val_score"] > self.best
             if self.improved:
-                self.best = row["val_miou"]
+                self.best = row["val_score"]
             row.update({"lr_encoder": self.optimizer.param_groups[0]["lr"],
                         "lr_decoder": self.optimizer.param_groups[-1]["lr"], "seconds": round(time.time() - t0, 2)})
             self.history.append(row)
             self.epoch += 1
             self._call("after_epoch")
         self._call("after_train")
-        return {"best_val_miou": self.best, "epochs": self.epoch, "stop_reason": self.stop_reason}
+        return {"best_score": self.best, "epochs": self.epoch, "stop_reason": self.stop_reason}
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -52,15 +52,17 @@ def confused_pairs(confusion: np.ndarray, classes, top: int = 8) -> list[dict]:
              "pixels": int(confusion[a, b])} for a, b in order if share[a, b] > 0]
 
 
-def write_report(out: Path, worst: list[tuple], images, classes, ignore_index: int, pooled_iou, fold_iou: dict,
-                 confusion: np.ndarray) -> Path:
+def write_report(out: Path, worst: list[tuple], images, classes, scored, ignore_index: int, pooled, per_fold: dict,
+                 confusion: np.ndarray, metric: str = "miou") -> Path:
+    """`classes`: every class (colours, confusion); `scored`: the classes the metric scores, in the
+    order of `pooled` and of each fold's values in `per_fold`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = palette(len(classes), ignore_index)
-    lines = ["# OOF error analysis", "", "## Worst images (OOF mIoU)", "", "| image | mIoU | panel |", "|---|---|---|"]
+    lines = ["# OOF error analysis", "", f"## Worst images (OOF {metric})", "", f"| image | {metric} | panel |", "|---|---|---|"]
     for rank, (score, index, stem, pred, truth) in enumerate(worst):
         errors = np.where(truth == ignore_index, 127, np.where(pred == truth, 255, 0)).astype(np.uint8)
         err_rgb = np.stack([np.full_like(errors, 255), errors, errors], -1)  # red = wrong, white = right
@@ -71,29 +73,29 @@ def write_report(out: Path, worst: list[tuple], images, classes, ignore_index: i
             ax.imshow(img)
             ax.set_title(title)
             ax.axis("off")
-        fig.suptitle(f"{stem}: mIoU {score:.3f}")
+        fig.suptitle(f"{stem}: {metric} {score:.3f}")
         name = f"worst_{rank:02d}.png"
         save_figure(out / name, fig)
         plt.close(fig)
         lines.append(f"| {stem} | {score:.3f} | ![{stem}]({name}) |")
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 3.5))
-    width = 0.8 / (1 + len(fold_iou))
-    x = np.arange(len(classes))
-    ax.bar(x, np.nan_to_num(pooled_iou), width, label="OOF pooled")
-    for j, (fold, iou) in enumerate(sorted(fold_iou.items()), start=1):
-        ax.bar(x + j * width, np.nan_to_num(iou), width, label=f"fold {fold}")
-    ax.set_xticks(x + width * len(fold_iou) / 2, classes, rotation=60, ha="right")
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(scored), 3.5))
+    width = 0.8 / (1 + len(per_fold))
+    x = np.arange(len(scored))
+    ax.bar(x, np.nan_to_num(pooled), width, label="OOF pooled")
+    for j, (fold, values) in enumerate(sorted(per_fold.items()), start=1):
+        ax.bar(x + j * width, np.nan_to_num(values), width, label=f"fold {fold}")
+    ax.set_xticks(x + width * len(per_fold) / 2, scored, rotation=60, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("IoU")
+    ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     save_figure(out / "iou_by_fold.png", fig)
     plt.close(fig)
-    lines += ["", "## Per-class IoU: pooled OOF and each fold", "", "![iou by fold](iou_by_fold.png)", "",
-              "| class | OOF | " + " | ".join(f"fold {f}" for f in sorted(fold_iou)) + " |",
-              "|---|---|" + "---|" * len(fold_iou)]
-    for c, name in enumerate(classes):
-        cells = " | ".join(f"{fold_iou[f][c]:.3f}" for f in sorted(fold_iou))
-        lines.append(f"| {name} | {pooled_iou[c]:.3f} | {cells} |")
+    lines += ["", f"## Per-class {metric}: pooled OOF and each fold", "", "![per class by fold](iou_by_fold.png)", "",
+              "| class | OOF | " + " | ".join(f"fold {f}" for f in sorted(per_fold)) + " |",
+              "|---|---|" + "---|" * len(per_fold)]
+    for c, name in enumerate(scored):
+        cells = " | ".join(f"{per_fold[f][c]:.3f}" for f in sorted(per_fold))
+        lines.append(f"| {name} | {pooled[c]:.3f} | {cells} |")
     lines += ["", "## Most confused (share of the truth class's pixels)", "", "| truth | predicted as | share | pixels |",
               "|---|---|---|---|"]
     lines += [f"| {p['truth']} | {p['predicted']} | {p['share_of_truth']:.3f} | {p['pixels']:,} |"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.competition.metrics import IoUMeter
+from pipeline.competition.metrics import competition_metric
 from pipeline.config import Config
 from pipeline.data.pool import fold_indices, labelled_pool
 from pipeline.engine.runtime import Runtime
@@ -19,30 +19,35 @@ from pipeline.io import write_json
 def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta, out: Path) -> dict:
     pool, table = labelled_pool(cfg)
     C, ign = cfg.data.num_classes, cfg.data.ignore_index
-    pooled, per_fold, fold_iou, n = IoUMeter(C, ign), {}, {}, 0
+    pooled, per_fold, fold_iou, n = competition_metric(cfg), {}, {}, 0
     worst = WorstImages(cfg.infer.analysis_images)
     for fold, members in sorted(by_fold.items()):
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
-        meter = IoUMeter(C, ign)
+        meter = competition_metric(cfg)
         preds = Ensemble(members, rt, tta).predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
         for i, p, truth in preds:
             label = save_prediction(out, pool.records[i].stem, p, False)
             pooled.update(label, truth)
             meter.update(label, truth)
-            image = IoUMeter(C, ign)
+            image = competition_metric(cfg)
             image.update(label, truth)
-            worst.add(image.compute()["miou"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))
+            worst.add(image.compute()["score"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))
             n += 1
         m = meter.compute()
-        per_fold[int(fold)], fold_iou[int(fold)] = m["miou"], m["iou"]
+        per_fold[int(fold)], fold_iou[int(fold)] = m["score"], m["per_class"]
     if n == 0:
         raise DataError("OOF: no validation images in the trained folds")
     m = pooled.compute()
     scores = np.array(list(per_fold.values()))
-    result = {"cv_miou": m["miou"], "oof_images": n, "cv_pixel_acc": m["pixel_acc"],
-              "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()), "cv_fold_std": float(scores.std()),
-              "cv_iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(cfg.data.classes, m["iou"])}}
+    scored = [cfg.data.classes[c] for c in pooled.classes]
+
+    def by_class(values):
+        return {c: (None if np.isnan(v) else float(v)) for c, v in zip(scored, values)}
+
+    result = {"metric": pooled.name, "cv_score": m["score"], "cv_miou": m["miou"], "oof_images": n,
+              "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
+              "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
     write_json(out / "score.json", result)
-    write_report(out.parent / "analysis", worst.worst_first(), pool.image, list(cfg.data.classes), ign, m["iou"],
-                 fold_iou, pooled.confusion.numpy())
+    write_report(out.parent / "analysis", worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
+                 m["per_class"], fold_iou, pooled.confusion.numpy(), pooled.name)
     return result
