@@ -6,12 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.competition.metrics import competition_metric
-from pipeline.competition.rle import runs_to_mask
-from pipeline.competition.submission import class_ids, read_submission, validate
+from pipeline.competition.submission import (class_ids, image_key, output_label, prediction_masks, read_submission,
+                                             validate)
 from pipeline.config import Config
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import get_logger
@@ -29,22 +28,20 @@ def newest_submission(cfg: Config) -> Path:
 
 
 def score_submission(path: Path, cfg: Config) -> dict:
-    """Dataset-level IoU per class: intersections and unions summed over images, void excluded."""
-    truth = open_split(cfg.data, "truth")
+    """The competition metric of a submission against the local truth, at the submission's size
+    (truth resized with nearest neighbour when the format writes masks at a fixed size)."""
+    sc, truth = cfg.submission, open_split(cfg.data, "truth")
+    test = {r.stem: r for r in open_split(cfg.data, "test", labelled=False).records}
     classes = class_ids(cfg)
-    masks = {r.stem: k for k, r in enumerate(truth.records)}
     truth_maps = {}
-    sizes = {}
-    for stem, k in masks.items():
-        truth_maps[stem] = truth.mask(k)
-        sizes[stem] = truth_maps[stem].shape
-    df = read_submission(path, cfg.submission)
-    parsed = validate(df, sizes, classes, cfg.submission, name=str(path))
+    for k, r in enumerate(truth.records):
+        key = image_key(test[r.stem], sc) if r.stem in test else r.stem
+        truth_maps[key] = output_label(truth.mask(k), sc)
+    df = read_submission(path, sc)
+    parsed = validate(df, {k: t.shape for k, t in truth_maps.items()}, classes, sc, str(path), cfg.data.classes)
     meter = competition_metric(cfg)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    for stem, t in truth_maps.items():
-        masks = np.stack([runs_to_mask(*parsed.get((stem, c), empty), t.shape, cfg.submission.rle_order) for c in classes])
-        meter.update_masks(masks, t)
+    for key, t in truth_maps.items():
+        meter.update_masks(prediction_masks(parsed, key, classes, t.shape, sc), t)
     m = meter.compute()
     return {"metric": meter.name, "score": m["score"], "miou": m["miou"],
             "per_class": {cfg.data.classes[c]: float(v) for c, v in zip(classes, m["per_class"])},

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.competition.submission import class_ids, encode_rows, validate
+from pipeline.competition.submission import (class_ids, columns, encode_rows, image_key, output_label,
+                                             validate)
 from pipeline.config import Config
 from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
@@ -59,10 +60,11 @@ def run(cfg: Config) -> Path:
         label = read_label_png(path)
         if label.shape != (rec.height, rec.width):
             raise DataError(f"{path}: prediction is {label.shape[1]}x{label.shape[0]}, image is {rec.width}x{rec.height}")
-        sizes[rec.stem] = label.shape
-        rows += encode_rows(rec.stem, label, classes, sc)
-    df = pd.DataFrame(rows, columns=[sc.id_column, sc.class_column, sc.rle_column]).astype({sc.class_column: str})
-    validate(df, sizes, classes, sc)
+        label, key = output_label(label, sc), image_key(rec, sc)
+        sizes[key] = label.shape
+        rows += encode_rows(key, label, classes, sc, cfg.data.classes)
+    df = pd.DataFrame(rows, columns=columns(sc)).astype(str)
+    validate(df, sizes, classes, sc, class_names=cfg.data.classes)  # the file as it will be read back
     buf = io.StringIO()
     df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
     path = new_submission_path(cfg)
@@ -70,5 +72,6 @@ def run(cfg: Config) -> Path:
     meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds),
             **{k: v for k, v in manifest.items() if k != "label_files"}}
     write_json(path.with_suffix(".json"), meta, overwrite=False)
-    log.info("submission: %d rows (%d images x %d classes), validated -> %s", len(df), len(test), len(classes), path)
+    log.info("submission: %d rows (%d images, %d classes, %s), validated -> %s", len(df), len(test), len(classes),
+             sc.format, path)
     return path

@@ -17,11 +17,30 @@ def class_ids(cfg: Config) -> list[int]:
     return list(cfg.submission.class_ids) or list(range(cfg.data.num_classes))
 
 
+def columns(sc: SubmissionConfig) -> list[str]:
+    if sc.format == "prediction_string" or sc.id_template:
+        return [sc.id_column, sc.rle_column]
+    return [sc.id_column, sc.class_column, sc.rle_column]
+
+
+def image_key(record, sc: SubmissionConfig) -> str:
+    return record.stem if sc.image_id == "stem" else record.file_name
+
+
+def output_label(label: np.ndarray, sc: SubmissionConfig) -> np.ndarray:
+    """The label map at the submission's size (nearest neighbour), or as it is."""
+    if sc.size is None or tuple(label.shape) == tuple(sc.size):
+        return label
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(label).resize((sc.size[1], sc.size[0]), Image.NEAREST))
+
+
 def read_submission(path: Path, sc: SubmissionConfig) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: file not found")
-    expected = [sc.id_column, sc.class_column, sc.rle_column]
+    expected = columns(sc)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -39,26 +58,50 @@ def read_submission(path: Path, sc: SubmissionConfig) -> pd.DataFrame:
     return pd.DataFrame(rows[1:], columns=expected, dtype=str)
 
 
-def validate(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], classes: list[int], sc: SubmissionConfig,
-             name: str = "submission") -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
-    """Check every row; return the parsed runs per (image, class). Errors name the CSV line."""
-    parsed = {}
-    class_set = set(classes)
-    for k, (img, cls, enc) in enumerate(zip(df[sc.id_column], df[sc.class_column], df[sc.rle_column])):
+def _row_ids(df: pd.DataFrame, classes: list[int], class_names, sc: SubmissionConfig, name: str):
+    """(line, where, image, class) for every row of a per-class RLE file."""
+    if sc.id_template:
+        by_id = {}
+        for c in classes:
+            for img in df.attrs.get("images", []):
+                by_id[sc.id_template.format(image=img, class_name=class_names[c], class_id=c)] = (img, c)
+        for k, rid in enumerate(df[sc.id_column]):
+            where = f"{name} line {k + 2} ({sc.id_column}={rid!r})"
+            if rid not in by_id:
+                raise SubmissionError(f"{where}: not an id of the form {sc.id_template!r} for a test image and class")
+            yield k, where, *by_id[rid]
+        return
+    for k, (img, cls) in enumerate(zip(df[sc.id_column], df[sc.class_column])):
         where = f"{name} line {k + 2} ({sc.id_column}={img!r}, {sc.class_column}={cls!r})"
-        if img not in sizes:
-            raise SubmissionError(f"{where}: unknown image id")
         try:
             c = int(cls)
         except ValueError:
             raise SubmissionError(f"{where}: class id is not an integer") from None
+        yield k, where, img, c
+
+
+def validate(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], classes: list[int], sc: SubmissionConfig,
+             name: str = "submission", class_names=None) -> dict:
+    """Check every row (errors name the CSV line and field). Returns, for per-class RLE, the parsed
+    runs per (image, class); for prediction strings, the label map per image. `sizes` are the
+    sizes the masks are written at."""
+    if sc.format == "prediction_string":
+        return _validate_prediction_strings(df, sizes, classes, sc, name)
+    parsed = {}
+    class_set = set(classes)
+    df.attrs["images"] = list(sizes)
+    names = class_names or [str(c) for c in range(max(classes) + 1)]
+    for k, where, img, c in _row_ids(df, classes, names, sc, name):
+        if img not in sizes:
+            raise SubmissionError(f"{where}: unknown image id")
         if c not in class_set:
             raise SubmissionError(f"{where}: class {c} is not one of {classes}")
         if (img, c) in parsed:
             raise SubmissionError(f"{where}: duplicate row for this image and class")
         h, w = sizes[img]
+        enc = df[sc.rle_column].iat[k]
         try:
-            parsed[(img, c)] = rle.parse(enc, h * w)
+            parsed[(img, c)] = rle.parse("" if enc == sc.empty else enc, h * w)
         except rle.RLEError as e:
             raise SubmissionError(f"{where}: {sc.rle_column}: {e}") from None
     missing = [(i, c) for i in sizes for c in classes if (i, c) not in parsed]
@@ -68,10 +111,51 @@ def validate(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], classes: list[
     return parsed
 
 
-def encode_rows(stem: str, label: np.ndarray, classes: list[int], sc: SubmissionConfig) -> list[tuple]:
+def _validate_prediction_strings(df, sizes, classes, sc, name) -> dict[str, np.ndarray]:
+    labels = {}
+    top = max(classes)
+    for k, (img, text) in enumerate(zip(df[sc.id_column], df[sc.rle_column])):
+        where = f"{name} line {k + 2} ({sc.id_column}={img!r})"
+        if img not in sizes:
+            raise SubmissionError(f"{where}: unknown image id")
+        if img in labels:
+            raise SubmissionError(f"{where}: duplicate row for this image")
+        h, w = sizes[img]
+        parts = text.split()
+        if len(parts) != h * w:
+            raise SubmissionError(f"{where}: {sc.rle_column}: {len(parts)} values, expected {h}x{w} = {h * w}")
+        if not all(p.isdigit() for p in parts):
+            bad = next(p for p in parts if not p.isdigit())
+            raise SubmissionError(f"{where}: {sc.rle_column}: {bad!r} is not a class index")
+        values = np.array(parts, dtype=np.int64)
+        if values.max(initial=0) > top:
+            raise SubmissionError(f"{where}: {sc.rle_column}: class {int(values.max())} is outside 0..{top}")
+        labels[img] = values.reshape(h, w).astype(np.uint8)
+    missing = [i for i in sizes if i not in labels]
+    if missing:
+        raise SubmissionError(f"{name}: {len(missing)} image(s) without a row, e.g. {missing[0]!r}")
+    return labels
+
+
+def prediction_masks(parsed: dict, image: str, classes: list[int], shape: tuple[int, int], sc: SubmissionConfig):
+    """(len(classes), H, W) bool masks of one image from `validate`'s result."""
+    if sc.format == "prediction_string":
+        return np.stack([parsed[image] == c for c in classes])
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return np.stack([rle.runs_to_mask(*parsed.get((image, c), empty), shape, sc.rle_order) for c in classes])
+
+
+def encode_rows(image: str, label: np.ndarray, classes: list[int], sc: SubmissionConfig, class_names=None) -> list[tuple]:
+    """The rows of one image; `label` is already at the submission's size."""
+    if sc.format == "prediction_string":
+        return [(image, " ".join(map(str, label.ravel(order="C").tolist())))]
     rows = []
     for c in classes:
-        enc = rle.encode(label == c, sc.rle_order)
-        if enc or sc.empty_rows:
-            rows.append((stem, c, enc))
+        enc = rle.encode(label == c, sc.rle_order) or sc.empty
+        if enc != sc.empty or sc.empty_rows:
+            if sc.id_template:
+                names = class_names or [str(i) for i in range(max(classes) + 1)]
+                rows.append((sc.id_template.format(image=image, class_name=names[c], class_id=c), enc))
+            else:
+                rows.append((image, c, enc))
     return rows

@@ -227,6 +227,8 @@ _CHOICES = {
     "data.overlap": ("area_desc", "order", "priority", "ignore"),
     "data.unlabelled": ("background", "ignore"),
     "submission.rle_order": ("column", "row"),
+    "submission.format": ("rle", "prediction_string"),
+    "submission.image_id": ("stem", "file_name"),
     "train.optimizer": ("adamw", "sgd"),
     "train.scheduler": ("cosine", "poly", "plateau", "none"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
@@ -261,6 +263,14 @@ def _validate(cfg: Config) -> None:
         if not (isinstance(raw, int) and 0 <= raw <= 65535 and isinstance(c, int) and (0 <= c < d.num_classes or c == d.ignore_index)):
             raise ConfigError(f"data.mask_values: {raw!r}: {c!r} must map a PNG value (0..65535) to a class index "
                               f"(0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
+    s = cfg.submission
+    if s.id_template is not None:
+        try:
+            s.id_template.format(image="i", class_name="c", class_id=0)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"submission.id_template: {s.id_template!r}: use {{image}}, {{class_name}}, {{class_id}} ({e})") from None
+    if s.size is not None and not all(v > 0 for v in s.size):
+        raise ConfigError(f"submission.size: expected [height, width] > 0, got {list(s.size)}")
     for c in cfg.submission.class_ids:
         if not 0 <= c < d.num_classes:
             raise ConfigError(f"submission.class_ids: {c} is outside 0..{d.num_classes - 1}")

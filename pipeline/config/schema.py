@@ -50,12 +50,17 @@ class FoldsConfig:
 
 @dataclass(frozen=True)
 class SubmissionConfig:
+    format: str = "rle"  # rle: a row per (image, class) | prediction_string: a row per image, the label map flattened
     id_column: str = "ImageId"
-    class_column: str = "ClassId"
-    rle_column: str = "EncodedPixels"
+    class_column: str = "ClassId"  # rle without id_template
+    rle_column: str = "EncodedPixels"  # the value column (PredictionString for that format)
+    id_template: str | None = None  # rle: one id column, e.g. "{image}_{class_name}" (Clouds' Image_Label)
+    image_id: str = "stem"  # how an image is named: stem | file_name (with extension and folder)
+    size: tuple[int, int] | None = None  # [height, width] the masks are written at (nearest); default each image's
+    empty: str = ""  # the value of an empty mask: "" or e.g. "-1"
     rle_order: str = "column"  # column (top-to-bottom, then left-to-right) | row
     class_ids: tuple[int, ...] = ()  # classes that get a row; default: every class
-    empty_rows: bool = True  # a row with empty EncodedPixels for absent classes
+    empty_rows: bool = True  # a row for absent classes (with the empty value)
 
 
 @dataclass(frozen=True)
