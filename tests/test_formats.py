@@ -106,3 +106,45 @@ def test_scoring_a_prediction_string_submission_at_its_size(make_cfg, tmp_path):
         truth = np.asarray(Image.open(cfg.data_root / "test_truth" / p.name).resize((80, 64), Image.NEAREST))
         meter.update(pred, truth)
     assert result["miou"] == pytest.approx(meter.compute()["miou"], abs=1e-12)
+
+
+def test_trash_preset_on_generated_data_in_its_format(tmp_path, capsys):
+    """configs/data/trash.yaml on a small competition written in Boostcamp's layout: images in batch
+    folders whose file names repeat, 10 trash categories, PredictionString at 256x256."""
+    import json
+    import shutil
+
+    from pipeline.cli import main
+    from pipeline.data.demo import generate
+    from helpers import REPO, TINY
+
+    root = generate(tmp_path / "raw", seed=2, n_train=12, n_test=4)
+    names = {"bottle": "General trash", "bag": "Paper", "can": "Metal", "cup": "Glass", "paper": "Plastic"}
+    data = tmp_path / "trash"
+    for split in ("train", "test"):
+        doc = json.loads((root / f"{split}.json").read_text())
+        for k, im in enumerate(doc["images"]):
+            new = f"batch_0{k % 2 + 1}_vt/{k // 2:04d}.jpg"  # 0000.jpg in both batches
+            (data / new).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / im["file_name"], data / new)
+            im["file_name"] = new
+        for cat in doc["categories"]:
+            cat["name"] = names[cat["name"]]
+        out = split if split == "test" else "train"
+        (data / f"{out}.json").write_text(json.dumps(doc))
+    args = ["--configs", str(REPO / "configs"), "data=trash", f"data.root={data}", "data.val=null",
+            "folds.splits=[train]", "folds.k=2", f"outputs={tmp_path / 'out'}", f"submissions={tmp_path / 'subs'}",
+            "train.progress=false", *TINY, "train.epochs=1", "train.max_steps_per_epoch=1", "infer.num_workers=0",
+            "infer.tta=[]", "name=t"]
+    for stage in ("check", "eda", "folds", "train-all", "infer", "submit"):
+        assert main([stage, *args]) == 0, capsys.readouterr().err
+    folds = (tmp_path / "out" / "trash" / "folds.csv").read_text()
+    assert "batch_01_vt__0000" in folds and "batch_02_vt__0000" in folds  # same file name, two images
+    sub = next((tmp_path / "subs" / "trash").glob("*.csv"))
+    df = read_submission(sub, TRASH.__class__(format="prediction_string", id_column="image_id",
+                                              rle_column="PredictionString"))
+    assert sorted(df["image_id"]) == ["batch_01_vt/0000.jpg", "batch_01_vt/0001.jpg", "batch_02_vt/0000.jpg",
+                                      "batch_02_vt/0001.jpg"]
+    assert all(len(s.split()) == 256 * 256 for s in df["PredictionString"])
+    meta = json.loads(sub.with_suffix(".json").read_text())
+    assert meta["metric"] == "miou_image" and meta["cv_score"] is not None

@@ -1,6 +1,7 @@
 """COCO annotations: loading with record-level validation, and rasterisation in RLE space."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,10 +23,13 @@ class ImageRecord:
     height: int
     width: int
     path: Path | None = None
+    key: str | None = None  # set when file-name stems collide within a file (batch_01/0001.jpg, batch_02/0001.jpg)
 
     @property
     def stem(self) -> str:
-        return Path(self.file_name).stem
+        """The image's name in folds, caches and prediction files: its file stem, or its whole
+        relative path (folders joined by '__') when stems alone are not unique."""
+        return self.key or Path(self.file_name).stem
 
 
 @dataclass
@@ -226,6 +230,10 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
             continue
         seen.add(rec.id)
         images.append(rec)
+    stems = [Path(img.file_name).stem for img in images]
+    if len(set(stems)) < len(stems):
+        images = [dataclasses.replace(img, key=str(Path(img.file_name).with_suffix("")).replace("/", "__"))
+                  for img in images]
     by_id = {img.id: img for img in images}
     anns: dict[Any, list[dict]] = {}
     for i, ann in enumerate(doc.get("annotations", [])):
