@@ -17,7 +17,7 @@ NPROC  ?= 2
 RUN    := $(PY) -m pipeline
 COMMON  = $(if $(CONFIG),config=$(CONFIG),data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP))) $(if $(NAME),name=$(NAME)) $(ARGS)
 
-.PHONY: install demo demo-data check eda folds train train-all train-ddp infer-tta pseudo submission score test bench camvid clean-demo
+.PHONY: install demo demo-data check eda folds train train-all train-ddp infer-tta tune pseudo submission score test bench camvid clean-demo
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -54,6 +54,10 @@ train-ddp: install
 infer-tta: install
 	$(RUN) infer $(COMMON)
 
+# post-processing (min component area, empty-mask gate per class) tuned on the OOF predictions
+tune: install
+	$(RUN) tune $(COMMON)
+
 # pseudo-labels from the current ensemble; train the next round with ARGS="train.pseudo=<that EXP>"
 pseudo: install
 	$(RUN) pseudo $(COMMON)
@@ -65,7 +69,7 @@ score: install
 	$(RUN) score $(COMMON) $(if $(SUB),sub=$(SUB))
 
 demo: install demo-data
-	$(MAKE) --no-print-directory check eda folds train-all infer-tta submission score DATA=demo EXP=demo
+	$(MAKE) --no-print-directory check eda folds train-all infer-tta tune submission score DATA=demo EXP=demo
 
 # The CamVid recipe: leave-one-sequence-out folds over train+val (three drives), one model per fold
 # (the OOF score is the sequence-level CV), the fold ensemble with hflip TTA predicts the test set,

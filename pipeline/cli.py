@@ -58,7 +58,7 @@ def _score(cfg, named, dist):
 
 
 STAGES = {"demo-data": _demo_data, "check": _stage("check"), "eda": _stage("eda"), "folds": _stage("folds"),
-          "train": _train, "train-all": _train_all, "infer": _stage("infer"), "pseudo": _stage("pseudo"),
+          "train": _train, "train-all": _train_all, "infer": _stage("infer"), "pseudo": _stage("pseudo"), "tune": _stage("tune"),
           "submit": _stage("submit"), "score": _score}
 
 

@@ -12,7 +12,7 @@ from pipeline.competition.metrics import competition_metric
 from pipeline.competition.submission import (class_ids, image_key, output_label, prediction_masks, read_submission,
                                              validate)
 from pipeline.config import Config
-from pipeline.data.sources import open_split
+from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
 from pipeline.io import save_figure, write_text
 
@@ -25,6 +25,16 @@ def newest_submission(cfg: Config) -> Path:
     if not subs:
         raise FileNotFoundError(f"{folder}: no submission; run `make submission` first")
     return subs[-1]
+
+
+def score_labels(labels_dir: Path, cfg: Config) -> float:
+    """The competition metric of a folder of label PNGs (the raw predictions, before any
+    post-processing) against the local truth, at the submission's size."""
+    truth, meter = open_split(cfg.data, "truth"), competition_metric(cfg)
+    for k, r in enumerate(truth.records):
+        pred = output_label(read_label_png(labels_dir / f"{r.stem}.png"), cfg.submission)
+        meter.update(pred, output_label(truth.mask(k), cfg.submission))
+    return meter.compute()["score"]
 
 
 def score_submission(path: Path, cfg: Config) -> dict:
@@ -71,11 +81,14 @@ def run(cfg: Config, sub: str | None = None) -> dict:
     result = score_submission(path, cfg)
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("postprocess") is not None and Path(meta.get("preds", "")).joinpath("labels").is_dir():
+        result["score_without_postprocess"] = score_labels(Path(meta["preds"]) / "labels", cfg)
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "data": cfg.data.name, "file": str(path),
            "experiments": "+".join(meta.get("experiments", [])) or meta.get("exp", ""),
            "folds": " ".join(str(f) for f in meta.get("folds", [])), "tta": " ".join(meta.get("tta", [])),
            "metric": result["metric"], "cv_score": meta.get("cv_score", meta.get("cv_miou")),
-           "local_score": result["score"], "cv_miou": meta.get("cv_miou"), "local_miou": result["miou"],
+           "local_score": result["score"], "local_score_raw": result.get("score_without_postprocess"),
+           "cv_miou": meta.get("cv_miou"), "local_miou": result["miou"],
            "pixel_acc": result["pixel_acc"], **{f"iou_{k}": v for k, v in result["iou"].items()}}
     board_path = Path(cfg.submissions) / "leaderboard.csv"
     board = pd.read_csv(board_path) if board_path.exists() else pd.DataFrame()
@@ -90,7 +103,9 @@ def run(cfg: Config, sub: str | None = None) -> dict:
     cols = ["time", "experiments", "folds", "tta", "metric", "cv_score", "local_score", "pixel_acc", "file"]
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         table = ranked[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
-    log.info("score: %s: local %s %.4f (mIoU %.4f), pixel accuracy %.4f\n  %s\n\nleaderboard (%s):\n%s", path,
-             result["metric"], result["score"], result["miou"], result["pixel_acc"],
+    raw = result.get("score_without_postprocess")
+    raw = "" if raw is None else f"; {raw:.4f} without the tuned post-processing"
+    log.info("score: %s: local %s %.4f%s (mIoU %.4f), pixel accuracy %.4f\n  %s\n\nleaderboard (%s):\n%s", path,
+             result["metric"], result["score"], raw, result["miou"], result["pixel_acc"],
              "  ".join(f"{k} {v:.3f}" for k, v in result["per_class"].items()), cfg.data.name, table)
     return result

@@ -12,6 +12,7 @@ import pandas as pd
 
 from pipeline.competition.submission import (class_ids, columns, encode_rows, image_key, output_label,
                                              validate)
+from pipeline.competition.postprocess import apply, load_rules
 from pipeline.config import Config
 from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
@@ -52,6 +53,11 @@ def run(cfg: Config) -> Path:
     test = open_split(cfg.data, "test", labelled=False)
     classes = class_ids(cfg)
     manifest = _complete_manifest(preds, [r.stem for r in test.records])
+    rules, tuned = {}, preds / "postprocess.json"
+    if sc.postprocess and tuned.exists():
+        tuned_doc = json.loads(tuned.read_text())
+        rules = load_rules(tuned_doc, cfg.data.classes)
+        manifest = {**manifest, "postprocess": tuned_doc["rules"], "oof_after_postprocess": tuned_doc["oof_after"]}
     rows, sizes = [], {}
     for rec in test.records:
         path = preds / "labels" / f"{rec.stem}.png"
@@ -60,6 +66,8 @@ def run(cfg: Config) -> Path:
         label = read_label_png(path)
         if label.shape != (rec.height, rec.width):
             raise DataError(f"{path}: prediction is {label.shape[1]}x{label.shape[0]}, image is {rec.width}x{rec.height}")
+        if rules:
+            label = apply(label, rules, cfg.competition.background)
         label, key = output_label(label, sc), image_key(rec, sc)
         sizes[key] = label.shape
         rows += encode_rows(key, label, classes, sc, cfg.data.classes)

@@ -263,6 +263,9 @@ def _validate(cfg: Config) -> None:
         if not (isinstance(raw, int) and 0 <= raw <= 65535 and isinstance(c, int) and (0 <= c < d.num_classes or c == d.ignore_index)):
             raise ConfigError(f"data.mask_values: {raw!r}: {c!r} must map a PNG value (0..65535) to a class index "
                               f"(0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
+    bg = cfg.competition.background
+    if bg is not None and not 0 <= bg < d.num_classes:
+        raise ConfigError(f"competition.background: {bg} is not a class index (0..{d.num_classes - 1})")
     s = cfg.submission
     if s.id_template is not None:
         try:

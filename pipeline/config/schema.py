@@ -61,6 +61,7 @@ class SubmissionConfig:
     rle_order: str = "column"  # column (top-to-bottom, then left-to-right) | row
     class_ids: tuple[int, ...] = ()  # classes that get a row; default: every class
     empty_rows: bool = True  # a row for absent classes (with the empty value)
+    postprocess: bool = True  # apply the rules `make tune` wrote (preds/<exp>/postprocess.json), when there are any
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class CompetitionConfig:
     # miou: dataset-level (intersections and unions summed over images; CamVid) | miou_image: each
     # image's mIoU, averaged | dice_image_class: mean Dice over (image, class), empty vs empty = 1
     metric: str = "miou"
+    background: int | None = None  # the class post-processing gives removed pixels to (make tune); none: no tuning
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""`make tune`: post-processing (per class: minimum component area, empty-mask gate) searched on
+the out-of-fold predictions to maximise the competition metric; the gain is also measured on each
+fold with rules tuned on the other folds only, the honest estimate of what carries to the test set.
+Writes preds/<exp>/postprocess.json, which `make submission` applies."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pipeline.competition.metrics import competition_metric
+from pipeline.competition.postprocess import evaluate, tune
+from pipeline.competition.submission import class_ids
+from pipeline.config import Config
+from pipeline.data.pool import labelled_pool
+from pipeline.data.sources import read_label_png
+from pipeline.engine.runtime import get_logger
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import write_json
+
+log = get_logger(__name__)
+
+
+def run(cfg: Config) -> dict:
+    bg = cfg.competition.background
+    if bg is None:
+        raise ConfigError("make tune: set competition.background (the class removed pixels become)")
+    oof = cfg.preds_dir() / "oof" / "labels"
+    if not oof.is_dir():
+        raise DataError(f"{oof}: no OOF predictions; run `make infer-tta` (with infer.oof=true) first")
+    pool, table = labelled_pool(cfg)
+    preds, truths, folds = [], [], []
+    for _, row in table.iterrows():
+        path = oof / f"{row['image_id']}.png"
+        if path.exists():
+            preds.append(read_label_png(path))
+            truths.append(pool.mask(int(row["index"])))
+            folds.append(int(row["fold"]))
+    if not preds:
+        raise DataError(f"{oof}: no OOF label map matches folds.csv")
+    classes, folds = class_ids(cfg), np.array(folds)
+
+    def metric():
+        return competition_metric(cfg)
+
+    rules, before, after = tune(preds, truths, classes, metric, bg)
+    holdout = {}
+    for k in sorted(set(folds.tolist())):
+        inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        if not inside.size:
+            continue
+        fold_rules, _, _ = tune([preds[i] for i in inside], [truths[i] for i in inside], classes, metric, bg)
+        held = ([preds[i] for i in outside], [truths[i] for i in outside])
+        holdout[k] = {"before": evaluate(*held, {}, metric, bg), "after": evaluate(*held, fold_rules, metric, bg)}
+    gains = [h["after"] - h["before"] for h in holdout.values()]
+    result = {"metric": cfg.competition.metric, "background": bg, "images": len(preds),
+              "rules": {cfg.data.classes[c]: dataclasses.asdict(r) for c, r in rules.items()},
+              "oof_before": before, "oof_after": after, "holdout": holdout,
+              "holdout_gain_mean": float(np.mean(gains)) if gains else None}
+    write_json(cfg.preds_dir() / "postprocess.json", result)
+    log.info("tune: %s on %d OOF images %.4f -> %.4f (tuned on them); on folds held out of the tuning %+.4f on average; "
+             "%d class rule(s) -> %s", result["metric"], len(preds), before, after, result["holdout_gain_mean"] or 0.0,
+             len(rules), cfg.preds_dir() / "postprocess.json")
+    return result
