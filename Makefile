@@ -1,5 +1,6 @@
 # segpipe: each target is one stage that reads the previous stage's files from disk.
 #   make demo                      install, then the whole chain on the built-in demo data
+#   make demo DATA=demo_defects    the same on the second demo (Severstal/Clouds-style defects)
 #   make train MODEL=deconvnet FOLD=0 ARGS="train.epochs=30"   (EXP=configs/exp file, NAME=run name)
 #   make train CONFIG=outputs/demo/runs/demo/fold0/config.yaml   (a saved run's config, again)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -28,9 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-demo-data: data/demo/train.json
-data/demo/train.json: | install
-	$(RUN) demo-data data=demo
+# DATA=demo (trash photos, COCO, dataset mIoU) or DATA=demo_defects (steel defects, mask folders,
+# Dice per image and class, Image_Label rows at half size); written once, deterministically
+demo-data: install
+	test -d data/$(DATA) || $(RUN) demo-data data=$(DATA)
 
 check: install
 	$(RUN) check $(COMMON)
@@ -69,7 +71,7 @@ score: install
 	$(RUN) score $(COMMON) $(if $(SUB),sub=$(SUB))
 
 demo: install demo-data
-	$(MAKE) --no-print-directory check eda folds train-all infer-tta tune submission score DATA=demo EXP=demo
+	$(MAKE) --no-print-directory check eda folds train-all infer-tta tune submission score DATA=$(DATA) EXP=$(DATA)
 
 # The CamVid recipe: leave-one-sequence-out folds over train+val (three drives), one model per fold
 # (the OOF score is the sequence-level CV), the fold ensemble with hflip TTA predicts the test set,
@@ -89,4 +91,4 @@ bench: install
 	$(PY) bench/run_all.py
 
 clean-demo:
-	rm -rf data/demo outputs/demo submissions/demo
+	rm -rf data/$(DATA) outputs/$(DATA) submissions/$(DATA)

@@ -17,9 +17,10 @@ NAMED = ("data", "model", "exp", "name", "fold", "sub", "config")
 
 
 def _demo_data(cfg, named, dist):
-    from pipeline.data.demo import generate
-
-    generate(cfg.data.root)
+    if cfg.data.demo not in ("trash", "defects"):
+        raise ConfigError(f"data.demo: {cfg.data.demo!r}: data {cfg.data.name} has no built-in generator (trash, defects)")
+    module = "pipeline.data.demo" if cfg.data.demo == "trash" else "pipeline.data.demo_defects"
+    importlib.import_module(module).generate(cfg.data.root)
     logging.getLogger("pipeline").info("demo-data: written to %s", cfg.data.root)
 
 
