@@ -93,7 +93,8 @@ class IoUMeter:
             cm = confusion_matrix_torch(ti, pi, self.num_classes, self.ignore_index)
             self.confusion += cm
             diag = cm.diagonal()
-            self._add(diag[self.sel], cm.sum(0)[self.sel], cm.sum(1)[self.sel], diag[self.sel].sum(), cm.sum())
+            true_px = cm.sum(1)[self.sel]
+            self._add(diag[self.sel], cm.sum(0)[self.sel], true_px, diag[self.sel].sum(), true_px.sum())
 
     def update_masks(self, masks, truth) -> None:
         """masks: (len(classes), H, W) bool, in the order of `classes`; truth: (H, W) label map."""
@@ -103,10 +104,12 @@ class IoUMeter:
         y = torch.stack([t == c for c in self.classes])
         p = m & valid
         inter = (p & y).flatten(1).sum(1)
-        self._add(inter, p.flatten(1).sum(1), y.flatten(1).sum(1), inter.sum(), valid.sum())
+        true_px = y.flatten(1).sum(1)
+        self._add(inter, p.flatten(1).sum(1), true_px, inter.sum(), true_px.sum())
 
     def _add(self, inter, pred_px, true_px, correct, valid) -> None:
-        """One image's (or, for dataset-level metrics, one batch's) per-class pixel counts."""
+        """One image's (or, for dataset-level metrics, one batch's) per-class pixel counts; pixel
+        accuracy counts the pixels whose truth is a scored class."""
         self.inter += inter
         self.union += pred_px + true_px - inter
         self.counts += torch.stack([correct, valid])
