@@ -68,7 +68,7 @@ def test_interpolation():
 def test_an_experiment_extends_another():
     base = load_config("camvid", "unet", "camvid_unet", [], 3, REPO / "configs")
     gpu = load_config("camvid", "unet", "camvid_unet_gpu", [], 3, REPO / "configs")
-    assert gpu.exp == "camvid_unet_gpu" and gpu.model.encoder_name == "resnet34" and gpu.train.epochs == 150
+    assert gpu.exp == "camvid_unet_gpu" and gpu.model.encoder_name == "resnet34" and gpu.train.epochs == 100
     # everything the GPU file does not say comes from the CPU recipe it extends
     assert gpu.train.augment == base.train.augment and gpu.train.losses == base.train.losses
     assert gpu.model.arch == base.model.arch == "Unet" and gpu.train.lr_encoder == base.train.lr_encoder
