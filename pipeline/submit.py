@@ -39,7 +39,7 @@ def _complete_manifest(preds: Path, stems: list[str]) -> dict:
     if not path.exists():
         raise DataError(f"{path}: not found: no complete prediction folder (run `make infer-tta`)")
     manifest = json.loads(path.read_text())
-    listed = set(manifest.get("label_files", []))
+    listed = set(manifest.get("files", []))
     if listed != set(stems):
         missing = sorted(set(stems) - listed)[:3]
         raise DataError(f"{path}: the predictions are for another image set ({len(listed)} listed, {len(stems)} test "
@@ -78,7 +78,7 @@ def run(cfg: Config) -> Path:
     path = new_submission_path(cfg)
     write_text(path, buf.getvalue(), overwrite=False)
     meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds),
-            **{k: v for k, v in manifest.items() if k != "label_files"}}
+            **{k: v for k, v in manifest.items() if k != "files"}}
     write_json(path.with_suffix(".json"), meta, overwrite=False)
     log.info("submission: %d rows (%d images, %d classes, %s), validated -> %s", len(df), len(test), len(classes),
              sc.format, path)

@@ -72,7 +72,7 @@ def test_make_tune_then_submission_and_score(make_cfg):
     truth = open_split(cfg.data, "truth")
     for k, rec in enumerate(truth.records):  # test predictions: the same kind of error
         save_png(preds / "labels" / f"{rec.stem}.png", _speckled(truth.mask(k), rng, n=20, value=3))
-    write_json(preds / "manifest.json", {"label_files": sorted(r.stem for r in truth.records), "cv_score": None})
+    write_json(preds / "manifest.json", {"files": sorted(r.stem for r in truth.records), "cv_score": None})
     result = tune_stage.run(cfg)
     assert result["oof_after"] > result["oof_before"] and "can" in result["rules"]
     assert set(result["holdout"]) == {0, 1, 2} and result["holdout_gain_mean"] > 0  # it carries to unseen folds

@@ -58,12 +58,16 @@ def read_submission(path: Path, sc: SubmissionConfig) -> pd.DataFrame:
     return pd.DataFrame(rows[1:], columns=expected, dtype=str)
 
 
-def _row_ids(df: pd.DataFrame, classes: list[int], class_names, sc: SubmissionConfig, name: str):
+def _names(class_names, classes: list[int]) -> list[str]:
+    return list(class_names) if class_names else [str(i) for i in range(max(classes) + 1)]
+
+
+def _row_ids(df: pd.DataFrame, images, classes: list[int], class_names, sc: SubmissionConfig, name: str):
     """(line, where, image, class) for every row of a per-class RLE file."""
     if sc.id_template:
         by_id = {}
         for c in classes:
-            for img in df.attrs.get("images", []):
+            for img in images:
                 by_id[sc.id_template.format(image=img, class_name=class_names[c], class_id=c)] = (img, c)
         for k, rid in enumerate(df[sc.id_column]):
             where = f"{name} line {k + 2} ({sc.id_column}={rid!r})"
@@ -89,9 +93,7 @@ def validate(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], classes: list[
         return _validate_prediction_strings(df, sizes, classes, sc, name)
     parsed = {}
     class_set = set(classes)
-    df.attrs["images"] = list(sizes)
-    names = class_names or [str(c) for c in range(max(classes) + 1)]
-    for k, where, img, c in _row_ids(df, classes, names, sc, name):
+    for k, where, img, c in _row_ids(df, list(sizes), classes, _names(class_names, classes), sc, name):
         if img not in sizes:
             raise SubmissionError(f"{where}: unknown image id")
         if c not in class_set:
@@ -154,8 +156,8 @@ def encode_rows(image: str, label: np.ndarray, classes: list[int], sc: Submissio
         enc = rle.encode(label == c, sc.rle_order) or sc.empty
         if enc != sc.empty or sc.empty_rows:
             if sc.id_template:
-                names = class_names or [str(i) for i in range(max(classes) + 1)]
-                rows.append((sc.id_template.format(image=image, class_name=names[c], class_id=c), enc))
+                class_name = _names(class_names, classes)[c]
+                rows.append((sc.id_template.format(image=image, class_name=class_name, class_id=c), enc))
             else:
                 rows.append((image, c, enc))
     return rows

@@ -1,10 +1,10 @@
 """Configuration: the schema (frozen dataclasses) and its loading, resolved once per command."""
-from pipeline.config.load import (config_to_dict, config_to_yaml, load_config, load_config_file,
+from pipeline.config.load import (config_to_dict, config_to_yaml, flatten, load_config, load_config_file,
                                   parse_override)
 from pipeline.config.schema import (Config, DataConfig, FoldsConfig, InferConfig, LossTerm, ModelConfig,
                                     SplitConfig, SubmissionConfig, TrainConfig)
 from pipeline.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "DataConfig", "FoldsConfig", "InferConfig", "LossTerm", "ModelConfig",
-           "SplitConfig", "SubmissionConfig", "TrainConfig", "config_to_dict", "config_to_yaml", "load_config",
+           "SplitConfig", "SubmissionConfig", "TrainConfig", "config_to_dict", "config_to_yaml", "flatten", "load_config",
            "load_config_file", "parse_override"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
-from pipeline.config import Config, config_to_dict, config_to_yaml
+from pipeline.config import Config, config_to_dict, config_to_yaml, flatten
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import RunFolderError
 from pipeline.io import write_text
@@ -21,19 +21,9 @@ FREE_TO_CHANGE = ("train.progress", "train.num_workers", "train.trackers", "trai
                   "infer.", "submission.", "pseudo.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
     """(key, old, new) for every setting that differs and matters."""
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     keys = sorted(set(a) | set(b))
     return [(k, a.get(k), b.get(k)) for k in keys
             if a.get(k) != b.get(k) and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in FREE_TO_CHANGE)]

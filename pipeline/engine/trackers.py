@@ -8,24 +8,13 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.config import Config, config_to_dict, config_to_yaml
+from pipeline.config import Config, config_to_dict, config_to_yaml, flatten
 from pipeline.engine.hooks import Hook
 from pipeline.errors import TrainingError
 
 
 def _scalars(row: dict) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = str(v)[:500]  # MLflow caps a parameter value's length
-    return out
 
 
 def _require(module: str, tracker: str, extra: str):
@@ -77,8 +66,9 @@ class MLflow(Hook):
             run = self.client.create_run(exp_id, run_name=f"fold{self.cfg.fold}",
                                          tags={"data": self.cfg.data.name, "exp": self.cfg.exp, "fold": str(self.cfg.fold)})
             self.run_id = run.info.run_id
-            params = _flatten(config_to_dict(self.cfg))
-            items = [self.mlflow.entities.Param(k, v) for k, v in params.items()]
+            params = flatten(config_to_dict(self.cfg))
+            # MLflow caps a parameter value's length
+            items = [self.mlflow.entities.Param(k, str(v)[:500]) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
             self.client.log_text(self.run_id, config_to_yaml(self.cfg), "config.yaml")

@@ -119,8 +119,7 @@ class Trainer:
         if self.per_step:
             self.scheduler.step()
         self.global_step += 1
-        for h in self.hooks:
-            h.after_step(self)
+        self._call("after_step")
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module | None = None) -> dict:
@@ -192,7 +191,6 @@ class Trainer:
         for h in self.hooks:
             if h.name in state.get("hooks", {}):
                 h.load_state_dict(state["hooks"][h.name])
-
 
 
 def epoch_batches(loader_batches: int, tc: TrainConfig) -> int:

@@ -12,6 +12,7 @@ from pipeline.io import write_json
 
 class PredictionFolder:
     def __init__(self, final: Path, listed: str = "labels"):
+        """`listed`: the subfolder whose PNG stems the manifest lists, under "files"."""
         self.final, self.listed = Path(final), listed
         self.partial = self.final.with_name(f".{self.final.name}.partial-{os.getpid()}")
 
@@ -23,7 +24,7 @@ class PredictionFolder:
 
     def commit(self, manifest: dict) -> Path:
         files = sorted(p.stem for p in (self.partial / self.listed).glob("*.png"))
-        write_json(self.partial / "manifest.json", {**manifest, f"{self.listed.rstrip('s')}_files": files})
+        write_json(self.partial / "manifest.json", {**manifest, "files": files})
         old = None
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
