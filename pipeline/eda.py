@@ -19,6 +19,7 @@ from pipeline.data.overlap import paint_order
 from pipeline.data.stats import LabelStats, check_label_share
 from pipeline.data.sources import MaskDirSource, open_split, read_image
 from pipeline.io import save_figure, write_json, write_text
+from pipeline.pixels import class_counts
 
 log = logging.getLogger(__name__)
 COMPARED_POLICIES = ("area_desc", "ignore")  # each against 'order' (later annotation wins)
@@ -122,9 +123,8 @@ def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict
     for i in tqdm(range(len(src)), desc="eda", disable=None if progress else True, leave=False):
         m = src.mask(i)
         sizes.append(m.shape)
-        keep = m != src.ignore_index
-        ignored += int(m.size - np.count_nonzero(keep))
-        counts = np.bincount(m[keep].ravel(), minlength=c)[:c]
+        ignored += int(np.count_nonzero(m == src.ignore_index))
+        counts = class_counts(m, c)
         pixels += counts
         images += counts > 0
         classes_per_image.append(int((counts > 0).sum()))

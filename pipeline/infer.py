@@ -22,8 +22,8 @@ def run(cfg: Config) -> dict:
     by_fold, members = find_members(cfg)
     test = open_split(cfg.data, "test", labelled=False)
     with folder as out:
-        preds = Ensemble(members, rt, tta).predict(test, list(range(len(test))), cfg.infer.batch_size,
-                                                   cfg.infer.num_workers)
+        ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap)
+        preds = ensemble.predict(test, list(range(len(test))), cfg.infer.batch_size, cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
             save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),

@@ -11,10 +11,11 @@ from tqdm import tqdm
 from pipeline.config import Config
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
-from pipeline.inference.ensemble import Ensemble, find_members
+from pipeline.inference.ensemble import Ensemble, find_members, top_class
 from pipeline.inference.outdir import PredictionFolder
 from pipeline.inference.tta import build_tta
 from pipeline.io import save_png
+from pipeline.pixels import class_counts
 
 log = get_logger(__name__)
 
@@ -37,17 +38,16 @@ def run(cfg: Config) -> dict:
     kept, total, per_class = 0, 0, np.zeros(C, np.int64)
     folder = PredictionFolder(cfg.pseudo_dir(), listed="masks")
     with folder as out:
-        preds = Ensemble(members, rt, build_tta(cfg.infer.tta)).predict(
+        preds = Ensemble(members, rt, build_tta(cfg.infer.tta), cfg.infer.window, cfg.infer.overlap).predict(
             images, list(range(len(images))), cfg.infer.batch_size, cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(images), desc="pseudo", disable=None if cfg.train.progress else True, leave=False):
-            conf, label = p.max(0)
-            label = label.numpy().astype(np.uint8)
-            sure = conf.numpy() >= thr
+            label, conf = top_class(p)
+            sure = conf >= thr
             label[~sure] = ign
             save_png(out / "masks" / f"{images.records[i].stem}.png", label)
             kept += int(sure.sum())
             total += sure.size
-            per_class += np.bincount(label[sure].ravel(), minlength=C)[:C]
+            per_class += class_counts(label[sure], C)
         manifest = {"round": pseudo_round(cfg, members), "split": cfg.pseudo.split, "images": len(images),
                     "threshold": thr, "models": [str(m.path) for m in members], "tta": list(cfg.infer.tta),
                     "kept_pixel_share": kept / max(total, 1),

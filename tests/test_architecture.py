@@ -7,7 +7,7 @@ import pytest
 from helpers import REPO
 
 STAGES = {"check", "eda", "folds", "train", "infer", "pseudo", "tune", "submit", "score"}
-LAYER = {"errors": 0, "io": 0, "config": 1, "data": 2, "models": 2, "competition": 2, "engine": 3,
+LAYER = {"errors": 0, "io": 0, "pixels": 0, "config": 1, "data": 2, "models": 2, "competition": 2, "engine": 3,
          "inference": 4, **{s: 5 for s in STAGES}, "cli": 6, "__main__": 6, "__init__": 6}
 
 

@@ -6,21 +6,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.pixels import CHUNK
+
 
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
     """(truth, pred) counts, ignore-index pixels excluded."""
-    t = np.asarray(truth).ravel().astype(np.int64)
-    p = np.asarray(pred).ravel().astype(np.int64)
-    keep = (t != ignore_index) & (t < num_classes)
-    return np.bincount(t[keep] * num_classes + p[keep], minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return confusion_matrix_torch(torch.from_numpy(np.ascontiguousarray(truth)),
+                                  torch.from_numpy(np.ascontiguousarray(pred)), num_classes, ignore_index).numpy()
 
 
-def confusion_matrix_torch(truth: torch.Tensor, pred: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """The same on the tensors' device, so validation never syncs per batch."""
-    t, p = truth.reshape(-1).long(), pred.reshape(-1).long()
-    keep = (t != ignore_index) & (t < num_classes)
-    idx = t[keep] * num_classes + p[keep]
-    return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+def confusion_matrix_torch(truth: torch.Tensor, pred: torch.Tensor, num_classes: int, ignore_index: int,
+                           chunk: int = CHUNK) -> torch.Tensor:
+    """The same on the tensors' device, so validation never syncs per batch. Counted a chunk of
+    pixels at a time: the int64 pair index of a whole large image would take 8 bytes per pixel."""
+    t, p = truth.reshape(-1), pred.reshape(-1)
+    out = torch.zeros(num_classes ** 2, dtype=torch.int64, device=t.device)
+    for s in range(0, t.numel(), chunk):
+        tc, pc = t[s:s + chunk].long(), p[s:s + chunk].long()
+        keep = (tc != ignore_index) & (tc < num_classes)
+        out += torch.bincount(tc[keep] * num_classes + pc[keep], minlength=num_classes ** 2)
+    return out.reshape(num_classes, num_classes)
 
 
 def iou_from_confusion(cm: np.ndarray) -> np.ndarray:

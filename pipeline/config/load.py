@@ -304,10 +304,21 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs})")
     if t.num_workers < 0 or cfg.infer.num_workers < 0 or cfg.infer.batch_size < 1:
         raise ConfigError("train.num_workers and infer.num_workers must be >= 0, infer.batch_size >= 1")
-    for key in ("crop", "resize"):
-        v = getattr(t, key)
-        if v is not None and not all(x > 0 for x in v):
-            raise ConfigError(f"train.{key}: expected [height, width] > 0, got {list(v)}")
+    for key, v in (("train.crop", t.crop), ("train.resize", t.resize), ("train.tile", t.tile),
+                   ("infer.window", cfg.infer.window)):
+        if v is not None and (len(v) != 2 or not all(x > 0 for x in v)):
+            raise ConfigError(f"{key}: expected [height, width] > 0, got {list(v)}")
+    if t.tile is not None and (t.crop or t.resize):
+        raise ConfigError("train.tile replaces train.crop and train.resize: set only one of them")
+    if t.tile is not None and cfg.competition.background is None:
+        raise ConfigError("train.tile needs competition.background (the class that is not foreground for train.tile_fg)")
+    if not 0 <= t.tile_fg <= 1 or t.tiles_per_image < 1:
+        raise ConfigError(f"train.tile_fg: {t.tile_fg} must be in 0..1, train.tiles_per_image >= 1")
+    if not 0 <= cfg.infer.overlap < 1:
+        raise ConfigError(f"infer.overlap: {cfg.infer.overlap} must be in [0, 1)")
+    if cfg.infer.window is not None and t.resize:
+        raise ConfigError("infer.window: the models were trained on resized images (train.resize); "
+                          "windows are cut at the image's own scale")
     for term in t.losses:
         if term.name not in LOSSES:
             raise ConfigError(f"train.losses: unknown loss {term.name!r} ({', '.join(LOSSES)})")

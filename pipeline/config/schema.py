@@ -88,6 +88,11 @@ class TrainConfig:
     batch_size: int = 8
     crop: tuple[int, int] | None = None  # random crop (h, w) for training; None trains on whole images
     resize: tuple[int, int] | None = None  # resize (h, w) before cropping, train and val alike
+    # large images: train on (h, w) windows read from a memory-mapped decoded copy of each image
+    # instead of whole images; validation on a grid of such windows. Replaces crop and resize.
+    tile: tuple[int, int] | None = None
+    tile_fg: float = 0.5  # share of training windows centred on a labelled non-background pixel
+    tiles_per_image: int = 8  # training windows per image per epoch
     optimizer: str = "adamw"  # adamw | sgd
     lr_encoder: float = 1e-4
     lr_decoder: float = 1e-3
@@ -132,7 +137,11 @@ class InferConfig:
     experiments: tuple[str, ...] = ()  # default: the current experiment
     folds: tuple[int, ...] = ()  # default: every fold with a best checkpoint
     weights: tuple[float, ...] = ()  # one per experiment (default equal)
-    batch_size: int = 8
+    batch_size: int = 8  # images, or windows with infer.window
+    # sliding-window inference for images too large to predict whole: (h, w) windows overlapping by
+    # `overlap` of their size, blended with a Hann weight; memory depends on the window, not the image
+    window: tuple[int, int] | None = None
+    overlap: float = 0.25
     num_workers: int = 2  # image decoding in loader workers, so the model is not left waiting
     refit: str = "off"  # the full-data refit (fold=all) for the test set: off | with (the fold models) | only
     checkpoint: str = "best"  # which weights of each run: best | swa (train.swa_epochs)

@@ -17,6 +17,7 @@ from pipeline.errors import DataError
 from pipeline.data.coco import CocoSet, ImageRecord, ann_to_rle, class_map, load_coco
 from pipeline.data.overlap import compose_label_map
 from pipeline.io import save_png
+from pipeline.pixels import class_counts
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -107,8 +108,7 @@ class Source:
         """(images, classes) bool: which classes each image contains."""
         out = np.zeros((len(self), self.num_classes), dtype=bool)
         for i in range(len(self)):
-            m = self.mask(i)
-            out[i] = np.bincount(m[m != self.ignore_index], minlength=self.num_classes)[: self.num_classes] > 0
+            out[i] = class_counts(self.mask(i), self.num_classes) > 0
         return out
 
 

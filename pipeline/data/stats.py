@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline.data.sources import Source
 from pipeline.errors import DataError
+from pipeline.pixels import class_counts
 
 IGNORE_SHARE_ALARM = 0.3  # above this share of ignored pixels, a class with no pixel is a red flag
 
@@ -25,11 +26,10 @@ def label_stats(pool: Source, indices, num_classes: int, ignore_index: int) -> L
     ignored = total = 0
     for i in indices:
         m = pool.mask(i)
-        keep = m != ignore_index
-        counts = np.bincount(m[keep].ravel(), minlength=num_classes)[:num_classes]
+        counts = class_counts(m, num_classes)
         pixels += counts
         image_pixels += (counts > 0) * m.size
-        ignored += int(m.size - np.count_nonzero(keep))
+        ignored += int(np.count_nonzero(m == ignore_index))
         total += int(m.size)
     return LabelStats(pixels, image_pixels, ignored, total)
 

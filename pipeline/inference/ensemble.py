@@ -21,6 +21,7 @@ from pipeline.engine.runtime import Runtime
 from pipeline.errors import ConfigError
 from pipeline.io import save_png, write_with
 from pipeline.inference.tta import predict_probs
+from pipeline.inference.window import assemble, sliding_window
 from pipeline.models import build_model
 
 
@@ -72,9 +73,9 @@ def load_model(path: Path, device: torch.device):
 
 
 class _Images(Dataset):
-    """(one tensor per input size, source index[, label map]) for each image."""
+    """(one tensor per input size, or the raw uint8 image for windows; source index[, label map])."""
 
-    def __init__(self, source: Source, indices, transforms: dict, with_mask: bool):
+    def __init__(self, source: Source, indices, transforms: dict | None, with_mask: bool):
         self.source, self.indices, self.transforms, self.with_mask = source, list(indices), transforms, with_mask
 
     def __len__(self) -> int:
@@ -83,48 +84,84 @@ class _Images(Dataset):
     def __getitem__(self, k: int):
         i = self.indices[k]
         image = self.source.image(i)
-        views = {key: to_tensor(t(image=image)["image"]) for key, t in self.transforms.items()}
-        return (views, i, torch.from_numpy(self.source.mask(i).astype(np.int64))) if self.with_mask else (views, i)
+        if self.transforms is not None:
+            image = {key: to_tensor(t(image=image)["image"]) for key, t in self.transforms.items()}
+        return (image, i, torch.from_numpy(self.source.mask(i))) if self.with_mask else (image, i)
 
 
 class Ensemble:
-    def __init__(self, members: list[Member], rt: Runtime, tta):
-        self.rt, self.tta, self.models = rt, tta, []
+    """`window` (h, w): sliding-window inference with `overlap` (see window.py); the members must
+    then take images at their own scale (no train.resize)."""
+
+    def __init__(self, members: list[Member], rt: Runtime, tta, window: tuple[int, int] | None = None,
+                 overlap: float = 0.25):
+        self.rt, self.tta, self.window, self.overlap, self.models = rt, tta, window, overlap, []
         for m in members:
             model, state = load_model(m.path, rt.device)
             model = rt.prepare(model)
             resize = tuple(state["resize"]) if state.get("resize") else None
+            if window is not None and resize is not None:
+                raise ConfigError(f"infer.window: {m.path} was trained on images resized to {list(resize)}; "
+                                  "windows are cut at the image's own scale")
             self.models.append((model, str(resize), m.weight, eval_transform(TrainConfig(resize=resize))))
         self.transforms = {key: t for _, key, _, t in self.models}
         self.total_weight = sum(w for _, _, w, _ in self.models)
+        self.num_classes = len(state["classes"]) if members else 0
+
+    def _probs(self, views: dict, size: tuple[int, int]) -> torch.Tensor:
+        """(B, C, H, W) weighted mean over members of their TTA-averaged softmax, on the device."""
+        acc = None
+        for model, key, weight, _ in self.models:
+            p = predict_probs(model, self.rt.to_device(views[key], image=True), self.tta, self.rt.dtype)
+            if p.shape[-2:] != size:
+                p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+            acc = p * weight if acc is None else acc + p * weight
+        return acc / self.total_weight
+
+    def _windows(self, crops: list[np.ndarray]) -> torch.Tensor:
+        (key, t), = self.transforms.items()
+        x = torch.stack([to_tensor(t(image=c)["image"]) for c in crops])
+        return self._probs({key: x}, tuple(x.shape[-2:]))
 
     def predict(self, source: Source, indices: list[int], batch_size: int, num_workers: int = 0,
                 with_mask: bool = False):
         """Yields (source index, probabilities C x H x W at the original size on the CPU[, label map]),
-        batch by batch, in the order of `indices`."""
+        batch by batch, in the order of `indices`. With windows: one image at a time, float16
+        probabilities, `batch_size` windows per forward pass."""
         sizes = {(source.records[i].height, source.records[i].width) for i in indices}
-        loader = DataLoader(_Images(source, indices, self.transforms, with_mask),
-                            batch_size=batch_size if len(sizes) == 1 else 1, num_workers=num_workers,
-                            pin_memory=self.rt.device.type == "cuda")
+        windowed = self.window is not None
+        loader = DataLoader(_Images(source, indices, None if windowed else self.transforms, with_mask),
+                            batch_size=batch_size if len(sizes) == 1 and not windowed else 1,
+                            num_workers=num_workers, pin_memory=self.rt.device.type == "cuda" and not windowed)
         for batch in loader:
-            views, idx = batch[0], batch[1].tolist()
-            h, w = source.records[idx[0]].height, source.records[idx[0]].width
-            acc = None
-            for model, key, weight, _ in self.models:
-                p = predict_probs(model, self.rt.to_device(views[key], image=True), self.tta, self.rt.dtype)
-                if p.shape[-2:] != (h, w):
-                    p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-                acc = p * weight if acc is None else acc + p * weight
-            acc = (acc / self.total_weight).cpu()
-            if with_mask:
-                yield from zip(idx, acc, batch[2])
+            idx = batch[1].tolist()
+            if windowed:
+                image = batch[0][0].numpy()
+                bands = sliding_window(image, self._windows, self.num_classes, self.window, self.overlap, batch_size)
+                probs = [assemble(bands, self.num_classes, image.shape[:2])]
             else:
-                yield from zip(idx, acc)
+                h, w = source.records[idx[0]].height, source.records[idx[0]].width
+                probs = self._probs(batch[0], (h, w)).cpu()
+            if with_mask:
+                yield from zip(idx, probs, batch[2])
+            else:
+                yield from zip(idx, probs)
+
+
+def top_class(probs: torch.Tensor, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax label map uint8, its probability float16), a band of rows at a time: argmax over a
+    whole large image would allocate an int64 map (8 bytes per pixel)."""
+    C, H, W = probs.shape
+    label, conf = np.empty((H, W), np.uint8), np.empty((H, W), np.float16)
+    for y in range(0, H, rows):
+        c, k = probs[:, y:y + rows].float().max(0)
+        label[y:y + rows], conf[y:y + rows] = k.numpy(), c.numpy()
+    return label, conf
 
 
 def save_prediction(out: Path, stem: str, probs: torch.Tensor, save_probs: bool) -> np.ndarray:
     """labels/<stem>.png (argmax) and, when asked, probs/<stem>.npz (float16); returns the label map."""
-    label = probs.argmax(0).numpy().astype(np.uint8)
+    label, _ = top_class(probs)
     save_png(out / "labels" / f"{stem}.png", label)
     if save_probs:
         write_with(out / "probs" / f"{stem}.npz",

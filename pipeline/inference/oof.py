@@ -24,7 +24,8 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
     for fold, members in sorted(by_fold.items()):
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
         meter = competition_metric(cfg)
-        preds = Ensemble(members, rt, tta).predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
+        ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap)
+        preds = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
         for i, p, truth in preds:
             label = save_prediction(out, pool.records[i].stem, p, False)
             pooled.update(label, truth)
