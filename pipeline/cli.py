@@ -17,9 +17,11 @@ NAMED = ("data", "model", "exp", "name", "fold", "sub", "config")
 
 
 def _demo_data(cfg, named, dist):
-    if cfg.data.demo not in ("trash", "defects"):
-        raise ConfigError(f"data.demo: {cfg.data.demo!r}: data {cfg.data.name} has no built-in generator (trash, defects)")
-    module = "pipeline.data.demo" if cfg.data.demo == "trash" else "pipeline.data.demo_defects"
+    modules = {"trash": "pipeline.data.demo", "defects": "pipeline.data.demo_defects", "slides": "pipeline.data.demo_slides"}
+    if cfg.data.demo not in modules:
+        raise ConfigError(f"data.demo: {cfg.data.demo!r}: data {cfg.data.name} has no built-in generator "
+                          f"({', '.join(modules)})")
+    module = modules[cfg.data.demo]
     importlib.import_module(module).generate(cfg.data.root)
     logging.getLogger("pipeline").info("demo-data: written to %s", cfg.data.root)
 

@@ -12,6 +12,7 @@ from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
 from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool
 from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights, rarest_classes
+from pipeline.data.tiles import DecodedCache, GridTiles, TileDataset
 from pipeline.engine import checkpoint
 from pipeline.engine.hooks import (Checkpoint, ConsoleLog, EarlyStopping, Hook, MetricsCSV, Plots, WeightAveraging,
                                    checkpoint_meta)
@@ -99,7 +100,11 @@ def _rare(cfg: Config, stats) -> list[int]:
 def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]):
     tc, dist = cfg.train, rt.dist
     transform = train_transform(tc, cfg.data.ignore_index, rare, cfg.data.num_classes)
-    train_ds = SegDataset(pool, train_idx, transform, seed=tc.seed)
+    if tc.tile:
+        cache = DecodedCache(pool, cfg.out_dir / "cache" / "decoded", cfg.competition.background, cfg.data.ignore_index)
+        train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=tc.seed)
+    else:
+        train_ds = SegDataset(pool, train_idx, transform, seed=tc.seed)
     sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                               seed=tc.seed, drop_last=dist.world > 1), len(train_ds))
     drop_last = len(train_ds) // dist.world > tc.batch_size  # a batch of one breaks batch norm
@@ -109,7 +114,10 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
                               drop_last=drop_last, pin_memory=cuda, persistent_workers=tc.num_workers > 0)
     if not val_idx:  # the full-data refit
         return train_loader, None
-    val_ds = SegDataset(pool, val_idx[dist.rank::dist.world], eval_transform(tc))
+    if tc.tile:
+        val_ds = GridTiles(cache, val_idx[dist.rank::dist.world], tc.tile, eval_transform(tc))
+    else:
+        val_ds = SegDataset(pool, val_idx[dist.rank::dist.world], eval_transform(tc))
     return train_loader, DataLoader(val_ds, tc.batch_size, num_workers=tc.num_workers, collate_fn=collate, pin_memory=cuda)
 
 

@@ -20,7 +20,7 @@ class SplitConfig:
 class DataConfig:
     name: str
     root: str
-    demo: str | None = None  # a built-in generator writes this data (`make demo-data`): trash | defects
+    demo: str | None = None  # a built-in generator writes this data (`make demo-data`): trash | defects | slides
     format: str = "coco"  # coco | maskdir
     classes: tuple[str, ...] = ()
     ignore_index: int = 255

@@ -29,6 +29,10 @@ class ConcatSource(Source):
         s, j = self.parts[i]
         return s.mask(j)
 
+    def files(self, i):
+        s, j = self.parts[i]
+        return s.files(j)
+
 
 def read_folds(cfg: Config) -> pd.DataFrame:
     if not cfg.folds_csv.exists():
@@ -87,6 +91,9 @@ class PseudoLabelled(Source):
 
     def mask(self, i):
         return read_label_png(self.masks_dir / f"{self.records[i].stem}.png")
+
+    def files(self, i):
+        return [self.records[i].path, self.masks_dir / f"{self.records[i].stem}.png"]
 
 
 def add_pseudo_labels(cfg: Config, pool: Source, train_idx: list[int]) -> tuple[Source, list[int], dict]:

@@ -104,6 +104,10 @@ class Source:
     def mask(self, i: int) -> np.ndarray:
         raise NotImplementedError
 
+    def files(self, i: int) -> list[Path]:
+        """The files whose contents make image i and its label map."""
+        return [p for p in (self.records[i].path,) if p is not None]
+
     def presence(self) -> np.ndarray:
         """(images, classes) bool: which classes each image contains."""
         out = np.zeros((len(self), self.num_classes), dtype=bool)
@@ -152,6 +156,9 @@ class CocoSource(Source):
         save_png(path, m)
         return m
 
+    def files(self, i: int) -> list[Path]:
+        return super().files(i) + [Path(self.coco.path)]
+
     def presence(self) -> np.ndarray:
         out = np.zeros((len(self), self.num_classes), dtype=bool)
         for i, rec in enumerate(self.records):
@@ -189,6 +196,9 @@ class MaskDirSource(Source):
                 self.skipped.append(str(e))
                 continue
             self.records.append(ImageRecord(p.stem, p.name, h, w, p if images_dir else None))
+
+    def files(self, i: int) -> list[Path]:
+        return super().files(i) + ([self.masks_dir / f"{self.records[i].stem}.png"] if self.masks_dir else [])
 
     def mask(self, i: int) -> np.ndarray:
         rec = self.records[i]

@@ -86,7 +86,16 @@ class _Images(Dataset):
         image = self.source.image(i)
         if self.transforms is not None:
             image = {key: to_tensor(t(image=image)["image"]) for key, t in self.transforms.items()}
-        return (image, i, torch.from_numpy(self.source.mask(i))) if self.with_mask else (image, i)
+        if not self.with_mask:
+            return image, i
+        mask = self.source.mask(i)
+        return image, i, torch.from_numpy(mask if mask.flags.writeable else mask.copy())  # PIL arrays are read-only
+
+
+def _one_image(items):
+    """Collates one raw image for windows: the uint8 array as it is (no tensor copy of a slide)."""
+    (item,) = items
+    return (item[0], torch.tensor([item[1]]), *((item[2][None],) if len(item) > 2 else ()))
 
 
 class Ensemble:
@@ -132,11 +141,12 @@ class Ensemble:
         windowed = self.window is not None
         loader = DataLoader(_Images(source, indices, None if windowed else self.transforms, with_mask),
                             batch_size=batch_size if len(sizes) == 1 and not windowed else 1,
-                            num_workers=num_workers, pin_memory=self.rt.device.type == "cuda" and not windowed)
+                            num_workers=num_workers, pin_memory=self.rt.device.type == "cuda" and not windowed,
+                            collate_fn=_one_image if windowed else None)
         for batch in loader:
             idx = batch[1].tolist()
             if windowed:
-                image = batch[0][0].numpy()
+                image = batch[0]
                 bands = sliding_window(image, self._windows, self.num_classes, self.window, self.overlap, batch_size)
                 probs = [assemble(bands, self.num_classes, image.shape[:2])]
             else:
