@@ -1,6 +1,7 @@
 # segpipe: each target is one stage that reads the previous stage's files from disk.
 #   make demo                      install, then the whole chain on the built-in demo data
 #   make demo DATA=demo_defects    the same on the second demo (Severstal/Clouds-style defects)
+#   make demo DATA=demo_slides     the same on large slides (window training, sliding-window inference)
 #   make train MODEL=deconvnet FOLD=0 ARGS="train.epochs=30"   (EXP=configs/exp file, NAME=run name)
 #   make train CONFIG=outputs/demo/runs/demo/fold0/config.yaml   (a saved run's config, again)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -29,8 +30,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# DATA=demo (trash photos, COCO, dataset mIoU) or DATA=demo_defects (steel defects, mask folders,
-# Dice per image and class, Image_Label rows at half size); written once, deterministically
+# DATA=demo (trash photos, COCO, dataset mIoU), DATA=demo_defects (steel defects, mask folders,
+# Dice per image and class, Image_Label rows at half size) or DATA=demo_slides (6000x8000 slides);
+# written once, deterministically
 demo-data: install
 	test -d data/$(DATA) || $(RUN) demo-data data=$(DATA)
 

@@ -138,6 +138,13 @@ def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict
             "ignored_pixels": ignored, "total_pixels": int(sum(h * w for h, w in sizes))}
 
 
+def _thumbnail(image: np.ndarray, mask: np.ndarray, title: str, side: int = 1024):
+    """A sample drawn at most `side` pixels long (every k-th pixel): four slides kept whole for a
+    3-inch figure would hold gigabytes."""
+    k = max(1, -(-max(mask.shape) // side))
+    return image[::k, ::k].copy(), mask[::k, ::k].copy(), title
+
+
 def _plots(summary: dict, out: Path, samples) -> list[str]:
     import matplotlib
 
@@ -266,14 +273,14 @@ def run(cfg: Config, split: str = "train") -> dict:
         if images_exist and cfg.data.classes:
             src = open_split(cfg.data, split)
             for i in range(min(4, len(src))):
-                samples.append((src.image(i), src.mask(i), src.records[i].stem))
+                samples.append(_thumbnail(src.image(i), src.mask(i), src.records[i].stem))
     else:
         src = open_split(cfg.data, split)
         summary = maskdir_summary(src, cfg.data.classes, cfg.train.progress)
         source = str(root / (sc.masks or ""))
         for i in range(min(4, len(src))):
             if src.records[i].path is not None:
-                samples.append((read_image(src.records[i].path), src.mask(i), src.records[i].stem))
+                samples.append(_thumbnail(read_image(src.records[i].path), src.mask(i), src.records[i].stem))
     plots = _plots(summary, out, samples)
     write_json(out / "summary.json", summary)
     write_text(out / "report.md", _report(summary, plots, source))

@@ -63,8 +63,14 @@ def run(cfg: Config) -> dict:
         held = ([preds[i] for i in outside], [truths[i] for i in outside])
         holdout[k] = {"before": evaluate(*held, {}, metric, bg), "after": evaluate(*held, fold_rules, metric, bg)}
     gains = [h["after"] - h["before"] for h in holdout.values()]
+    tuned = {cfg.data.classes[c]: dataclasses.asdict(r) for c, r in rules.items()}
+    if gains and float(np.mean(gains)) <= 0 and rules:  # the gain does not carry to unseen images
+        log.warning("tune: rules tuned without a fold lose %.4f on it on average: not applied (kept as 'rejected')",
+                    -float(np.mean(gains)))
+        rules = {}
     result = {"metric": cfg.competition.metric, "background": bg, "images": len(preds),
               "rules": {cfg.data.classes[c]: dataclasses.asdict(r) for c, r in rules.items()},
+              "rejected": {} if rules else tuned,
               "oof_before": before, "oof_after": after, "holdout": holdout,
               "holdout_gain_mean": float(np.mean(gains)) if gains else None}
     write_json(cfg.preds_dir() / "postprocess.json", result)

@@ -85,3 +85,25 @@ def test_make_tune_then_submission_and_score(make_cfg):
     for k, rec in enumerate(truth.records):
         raw.update(np.asarray(Image.open(preds / "labels" / f"{rec.stem}.png")), truth.mask(k))
     assert scored["score_without_postprocess"] == pytest.approx(raw.compute()["score"])
+
+
+def test_rules_that_lose_on_held_out_folds_are_not_applied(make_cfg, monkeypatch):
+    """The slides demo's case: rules tuned on small training slides removed every glomerulus of a
+    larger test slide (local mIoU 0.93 -> 0.48); their held-out gain was negative, so they must not ship."""
+    from pipeline import folds
+    from pipeline import tune as tune_stage
+    from pipeline.data.pool import labelled_pool
+    from pipeline.io import save_png
+
+    cfg = make_cfg(name="rejected")
+    folds.run(cfg)
+    pool, _ = labelled_pool(cfg)
+    rng = np.random.default_rng(1)
+    for i, rec in enumerate(pool.records):
+        save_png(cfg.preds_dir() / "oof" / "labels" / f"{rec.stem}.png", _speckled(pool.mask(i), rng, n=20, value=3))
+    real = tune_stage.evaluate
+    monkeypatch.setattr(tune_stage, "evaluate", lambda p, t, rules, m, bg: real(p, t, rules, m, bg) - (0.1 if rules else 0))
+    result = tune_stage.run(cfg)
+    assert result["oof_after"] > result["oof_before"] and result["holdout_gain_mean"] < 0
+    assert result["rules"] == {} and "can" in result["rejected"]
+    assert json.loads((cfg.preds_dir() / "postprocess.json").read_text())["rules"] == {}
