@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["rle_speed.py", "score_speed.py", "eda_speed.py", "check_speed.py", "loader_speed.py", "tta_speed.py",
-           "train_overhead.py", "train_throughput.py"]
+           "train_overhead.py", "train_throughput.py", "window_infer.py"]
 
 
 def _table(rows: list[dict]) -> list[str]:

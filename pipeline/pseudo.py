@@ -41,7 +41,7 @@ def run(cfg: Config) -> dict:
         preds = Ensemble(members, rt, build_tta(cfg.infer.tta), cfg.infer.window, cfg.infer.overlap).predict(
             images, list(range(len(images))), cfg.infer.batch_size, cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(images), desc="pseudo", disable=None if cfg.train.progress else True, leave=False):
-            label, conf = top_class(p)
+            label, conf = top_class(p, with_conf=True)
             sure = conf >= thr
             label[~sure] = ign
             save_png(out / "masks" / f"{images.records[i].stem}.png", label)

@@ -158,14 +158,17 @@ class Ensemble:
                 yield from zip(idx, probs)
 
 
-def top_class(probs: torch.Tensor, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(argmax label map uint8, its probability float16), a band of rows at a time: argmax over a
-    whole large image would allocate an int64 map (8 bytes per pixel)."""
+def top_class(probs: torch.Tensor, with_conf: bool = False, rows: int = 256):
+    """(argmax label map uint8, its probability float32 when asked, else None), a band of rows at a
+    time: argmax over a whole large image would allocate an int64 map (8 bytes per pixel)."""
     C, H, W = probs.shape
-    label, conf = np.empty((H, W), np.uint8), np.empty((H, W), np.float16)
+    label = np.empty((H, W), np.uint8)
+    conf = np.empty((H, W), np.float32) if with_conf else None
     for y in range(0, H, rows):
         c, k = probs[:, y:y + rows].float().max(0)
-        label[y:y + rows], conf[y:y + rows] = k.numpy(), c.numpy()
+        label[y:y + rows] = k.numpy()
+        if with_conf:
+            conf[y:y + rows] = c.numpy()
     return label, conf
 
 
