@@ -17,12 +17,14 @@ NAMED = ("data", "model", "exp", "name", "fold", "sub", "config")
 
 
 def _demo_data(cfg, named, dist):
-    modules = {"trash": "pipeline.data.demo", "defects": "pipeline.data.demo_defects", "slides": "pipeline.data.demo_slides"}
+    modules = {"trash": "pipeline.data.demo", "defects": "pipeline.data.demo_defects",
+               "defects_overlap": "pipeline.data.demo_defects", "slides": "pipeline.data.demo_slides"}
     if cfg.data.demo not in modules:
         raise ConfigError(f"data.demo: {cfg.data.demo!r}: data {cfg.data.name} has no built-in generator "
                           f"({', '.join(modules)})")
     module = modules[cfg.data.demo]
-    importlib.import_module(module).generate(cfg.data.root)
+    extra = {"overlapping": True} if cfg.data.demo == "defects_overlap" else {}
+    importlib.import_module(module).generate(cfg.data.root, **extra)
     logging.getLogger("pipeline").info("demo-data: written to %s", cfg.data.root)
 
 

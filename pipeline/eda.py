@@ -19,7 +19,6 @@ from pipeline.data.overlap import paint_order
 from pipeline.data.stats import LabelStats, check_label_share
 from pipeline.data.sources import MaskDirSource, open_split, read_image
 from pipeline.io import save_figure, write_json, write_text
-from pipeline.pixels import class_counts
 
 log = logging.getLogger(__name__)
 COMPARED_POLICIES = ("area_desc", "ignore")  # each against 'order' (later annotation wins)
@@ -119,12 +118,15 @@ def _policy_changes(anns, rles, multi_rle, policies, priority, multi_pixels: int
 def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict:
     c = len(classes)
     pixels, images = np.zeros(c, np.int64), np.zeros(c, np.int64)
-    classes_per_image, sizes, ignored = [], [], 0
+    classes_per_image, sizes, ignored, multi_pixels, multi_images = [], [], 0, 0, 0
     for i in tqdm(range(len(src)), desc="eda", disable=None if progress else True, leave=False):
         m = src.mask(i)
+        if src.multilabel:  # pixels with more than one class bit
+            n = sum(int(np.count_nonzero(((b & (b - 1)) != 0) & (b != src.ignore_index))) for b in np.array_split(m, 8))
+            multi_pixels, multi_images = multi_pixels + n, multi_images + (n > 0)
         sizes.append(m.shape)
         ignored += int(np.count_nonzero(m == src.ignore_index))
-        counts = class_counts(m, c)
+        counts = src.class_pixels(m)
         pixels += counts
         images += counts > 0
         classes_per_image.append(int((counts > 0).sum()))
@@ -132,7 +134,7 @@ def maskdir_summary(src: MaskDirSource, classes, progress: bool = False) -> dict
              "area_sum": float(pixels[k]), "pixels": int(pixels[k])} for k, n in enumerate(classes)]
     return {"num_images": len(src), "num_annotations": int(images.sum()), "num_categories": c,
             "categories": cats,
-            "overlap": {"images_with_multilabel_pixels": 0, "multilabel_pixels": 0, "pairs": [],
+            "overlap": {"images_with_multilabel_pixels": multi_images, "multilabel_pixels": multi_pixels, "pairs": [],
                         "policy_pixels_changed_vs_order": {}},
             "classes_per_image": classes_per_image, "image_sizes": [list(s) for s in sizes],
             "ignored_pixels": ignored, "total_pixels": int(sum(h * w for h, w in sizes))}

@@ -14,6 +14,7 @@ from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, top_class
 from pipeline.inference.outdir import PredictionFolder
 from pipeline.inference.tta import build_tta
+from pipeline.errors import ConfigError
 from pipeline.io import save_png
 from pipeline.pixels import class_counts
 
@@ -31,6 +32,8 @@ def pseudo_round(cfg: Config, members) -> int:
 
 
 def run(cfg: Config) -> dict:
+    if cfg.competition.task == "multilabel":
+        raise ConfigError("make pseudo: pseudo-labels are built for the single-label task (one class per pixel)")
     rt = Runtime.create(cfg.train, DistInfo())
     _, members = find_members(cfg)
     images = open_split(cfg.data, cfg.pseudo.split, labelled=False)

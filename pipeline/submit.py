@@ -8,11 +8,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.competition.submission import (class_ids, columns, encode_rows, image_key, output_label,
                                              validate)
-from pipeline.competition.postprocess import apply, load_rules
+from pipeline.competition.postprocess import apply, bits_from_probs, load_rules
 from pipeline.config import Config
 from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
@@ -54,6 +55,7 @@ def run(cfg: Config) -> Path:
     classes = class_ids(cfg)
     manifest = _complete_manifest(preds, [r.stem for r in test.records])
     rules, tuned = {}, preds / "postprocess.json"
+    multilabel = cfg.competition.task == "multilabel"
     if sc.postprocess and tuned.exists():
         tuned_doc = json.loads(tuned.read_text())
         rules = load_rules(tuned_doc, cfg.data.classes)
@@ -66,11 +68,14 @@ def run(cfg: Config) -> Path:
         label = read_label_png(path)
         if label.shape != (rec.height, rec.width):
             raise DataError(f"{path}: prediction is {label.shape[1]}x{label.shape[0]}, image is {rec.width}x{rec.height}")
+        if rules and multilabel:  # tuned thresholds act on the probabilities
+            with np.load(preds / "probs" / f"{rec.stem}.npz") as z:
+                label = bits_from_probs(z["probs"].astype(np.float32), rules)
         if rules:
-            label = apply(label, rules, cfg.competition.background)
+            label = apply(label, rules, cfg.competition.background, multilabel)
         label, key = output_label(label, sc), image_key(rec, sc)
         sizes[key] = label.shape
-        rows += encode_rows(key, label, classes, sc, cfg.data.classes)
+        rows += encode_rows(key, label, classes, sc, cfg.data.classes, multilabel)
     df = pd.DataFrame(rows, columns=columns(sc)).astype(str)
     validate(df, sizes, classes, sc, class_names=cfg.data.classes)  # the file as it will be read back
     buf = io.StringIO()

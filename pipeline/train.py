@@ -51,7 +51,8 @@ def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dic
             _init_from(model, cfg)
         optimizer = build_optimizer(model, tc)
         train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt, _rare(cfg, stats))
-        loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index).to(rt.device)
+        loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index,
+                             cfg.competition.task == "multilabel").to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
         trainer = Trainer(model, optimizer, scheduler, per_step, loss_fn, train_loader, val_loader, rt, tc,
                           cfg.data.classes, competition_metric(cfg, rt.device), _hooks(cfg, run_dir, dist) + list(hooks))

@@ -39,11 +39,19 @@ def run(cfg: Config) -> dict:
         raise DataError(f"{oof}: no OOF predictions; run `make infer-tta` (with infer.oof=true) first")
     pool, table = labelled_pool(cfg)
     preds, truths, folds = [], [], []
+    multilabel = cfg.competition.task == "multilabel"
     for _, row in table.iterrows():
         path = oof / f"{row['image_id']}.png"
         if path.exists():
             step = _step(pool.records[int(row["index"])])
-            preds.append(read_label_png(path)[::step, ::step])
+            if multilabel:  # the float16 probabilities, so thresholds can be searched
+                probs = oof.parent / "probs" / f"{row['image_id']}.npz"
+                if not probs.exists():
+                    raise DataError(f"{probs}: no OOF probabilities; run `make infer-tta` again")
+                with np.load(probs) as z:
+                    preds.append(z["probs"][:, ::step, ::step].astype(np.float32))
+            else:
+                preds.append(read_label_png(path)[::step, ::step])
             truths.append(pool.mask(int(row["index"]))[::step, ::step])
             folds.append(int(row["fold"]))
     if not preds:
@@ -53,15 +61,16 @@ def run(cfg: Config) -> dict:
     def metric():
         return competition_metric(cfg)
 
-    rules, before, after = tune(preds, truths, classes, metric, bg)
+    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel)
     holdout = {}
     for k in sorted(set(folds.tolist())):
         inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         if not inside.size:
             continue
-        fold_rules, _, _ = tune([preds[i] for i in inside], [truths[i] for i in inside], classes, metric, bg)
+        fold_rules, _, _ = tune([preds[i] for i in inside], [truths[i] for i in inside], classes, metric, bg, multilabel)
         held = ([preds[i] for i in outside], [truths[i] for i in outside])
-        holdout[k] = {"before": evaluate(*held, {}, metric, bg), "after": evaluate(*held, fold_rules, metric, bg)}
+        holdout[k] = {"before": evaluate(*held, {}, metric, bg, multilabel),
+                      "after": evaluate(*held, fold_rules, metric, bg, multilabel)}
     gains = [h["after"] - h["before"] for h in holdout.values()]
     tuned = {cfg.data.classes[c]: dataclasses.asdict(r) for c, r in rules.items()}
     if gains and float(np.mean(gains)) <= 0 and rules:  # the gain does not carry to unseen images

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.pixels import CHUNK
+from pipeline.pixels import CHUNK, bits_to_masks
 
 
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
@@ -68,8 +68,8 @@ class IoUMeter:
     name = "miou"
     per_image = False
 
-    def __init__(self, num_classes: int, ignore_index: int, classes=None, device="cpu"):
-        self.num_classes, self.ignore_index = num_classes, ignore_index
+    def __init__(self, num_classes: int, ignore_index: int, classes=None, device="cpu", multilabel: bool = False):
+        self.num_classes, self.ignore_index, self.multilabel = num_classes, ignore_index, multilabel
         self.classes = list(range(num_classes)) if classes is None else list(classes)
         self.device = torch.device(device)
         self.sel = torch.tensor(self.classes, device=self.device, dtype=torch.long)
@@ -92,9 +92,20 @@ class IoUMeter:
         return torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)  # PIL arrays are read-only
 
     def update(self, pred, truth) -> None:
+        """Label maps; with `multilabel`, maps of class bits (the confusion matrix stays empty and
+        pixel accuracy counts pixels whose whole set of classes is right)."""
         p, t = self._tensor(pred, self.device), self._tensor(truth, self.device)
         pairs = zip(p.reshape(-1, *p.shape[-2:]), t.reshape(-1, *t.shape[-2:])) if self.per_image else [(p, t)]
         for pi, ti in pairs:
+            if self.multilabel:
+                ti = ti.long()
+                valid = ti != self.ignore_index
+                p_c, y_c = (bits_to_masks(x.long(), self.num_classes)[..., self.sel, :, :] & valid.unsqueeze(-3)
+                            for x in (pi, ti))
+                k = len(self.classes)  # (B, K, H, W) or (K, H, W) -> (K, pixels)
+                p_c, y_c = (x.flatten(-2).transpose(0, -2).reshape(k, -1) for x in (p_c, y_c))
+                self._add_masks(p_c, y_c, valid, int(((pi.long() == ti) & valid).sum()))
+                continue
             cm = confusion_matrix_torch(ti, pi, self.num_classes, self.ignore_index)
             self.confusion += cm
             diag = cm.diagonal()
@@ -102,15 +113,29 @@ class IoUMeter:
             self._add(diag[self.sel], cm.sum(0)[self.sel], true_px, diag[self.sel].sum(), true_px.sum())
 
     def update_masks(self, masks, truth) -> None:
-        """masks: (len(classes), H, W) bool, in the order of `classes`; truth: (H, W) label map."""
+        """masks: (len(classes), H, W) bool, in the order of `classes`; truth: (H, W) label map (of
+        class bits with `multilabel`)."""
         t = self._tensor(truth, self.device).long()
         m = self._tensor(masks, self.device).bool()
+        if self.multilabel:
+            valid = t != self.ignore_index
+            y = bits_to_masks(t, self.num_classes)[self.sel] & valid
+            self._add_masks((m & valid).flatten(1), y.flatten(1), valid, None)
+            return
         valid = (t != self.ignore_index) & (t < self.num_classes)
         y = torch.stack([t == c for c in self.classes])
         p = m & valid
         inter = (p & y).flatten(1).sum(1)
         true_px = y.flatten(1).sum(1)
         self._add(inter, p.flatten(1).sum(1), true_px, inter.sum(), true_px.sum())
+
+    def _add_masks(self, p, y, valid, correct: int | None) -> None:
+        """Multilabel: p and y (len(classes), pixels) bool, prediction and truth, ignored pixels off."""
+        inter = (p & y).sum(1)
+        n_valid = valid.sum()
+        if correct is None:  # per-class masks only: a pixel is right when every scored class is
+            correct = int(((p == y).all(0)).sum() - (~valid).sum())
+        self._add(inter, p.sum(1), y.sum(1), inter.new_tensor(correct), n_valid)
 
     def _add(self, inter, pred_px, true_px, correct, valid) -> None:
         """One image's (or, for dataset-level metrics, one batch's) per-class pixel counts; pixel
@@ -175,12 +200,14 @@ class ImageClassDice(IoUMeter):
 METRICS = {m.name: m for m in (IoUMeter, ImageMeanIoU, ImageClassDice)}
 
 
-def build_metric(name: str, num_classes: int, ignore_index: int, classes=None, device="cpu") -> IoUMeter:
-    return METRICS[name](num_classes, ignore_index, classes, device)
+def build_metric(name: str, num_classes: int, ignore_index: int, classes=None, device="cpu",
+                 multilabel: bool = False) -> IoUMeter:
+    return METRICS[name](num_classes, ignore_index, classes, device, multilabel)
 
 
 def competition_metric(cfg, device="cpu") -> IoUMeter:
     """The competition's metric over the classes it scores: what validation, OOF and `make score` use."""
     from pipeline.competition.submission import class_ids
 
-    return build_metric(cfg.competition.metric, cfg.data.num_classes, cfg.data.ignore_index, class_ids(cfg), device)
+    return build_metric(cfg.competition.metric, cfg.data.num_classes, cfg.data.ignore_index, class_ids(cfg), device,
+                        cfg.competition.task == "multilabel")

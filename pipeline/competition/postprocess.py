@@ -1,6 +1,7 @@
 """Post-processing of label maps, tuned on out-of-fold predictions: per class, connected components
 smaller than a minimum area become background, and a class whose whole area in an image is below
-a gate is dropped from that image. Pure functions on label maps; the search is a small grid."""
+a gate is dropped from that image; for the multilabel task also each class's probability
+threshold. Pure functions on label maps and probabilities; the search is a small grid."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,21 +9,32 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.pixels import masks_to_bits
+
 AREA_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)  # shares of the image's pixels
+THRESHOLD_GRID = (0.5, 0.3, 0.4, 0.6, 0.7)  # multilabel: probability thresholds (0.5 = untuned)
 
 
 @dataclass(frozen=True)
 class ClassRule:
     min_area: float = 0.0  # share of the image: smaller components become background
     gate: float = 0.0  # share of the image: below this total area the class is dropped
+    threshold: float = 0.5  # multilabel: the class's probability threshold
 
 
-def apply(label: np.ndarray, rules: dict[int, ClassRule], background: int = 0) -> np.ndarray:
-    """The label map with each class's rule applied (pixels removed become `background`)."""
+def bits_from_probs(probs: np.ndarray, rules: dict[int, ClassRule]) -> np.ndarray:
+    """Multilabel: the map of class bits of (C, H, W) probabilities at each class's threshold."""
+    thr = np.array([rules.get(c, ClassRule()).threshold for c in range(len(probs))], np.float32).reshape(-1, 1, 1)
+    return masks_to_bits(probs > thr)
+
+
+def apply(label: np.ndarray, rules: dict[int, ClassRule], background: int = 0, multilabel: bool = False) -> np.ndarray:
+    """The label map with each class's rule applied (pixels removed become `background`; in a
+    multilabel map of class bits, they lose the class's bit)."""
     out = label.copy()
     n = label.size
     for c, rule in rules.items():
-        mask = label == c
+        mask = ((label >> c) & 1).astype(bool) if multilabel else label == c
         if not mask.any() or (rule.min_area <= 0 and rule.gate <= 0):
             continue
         if rule.min_area > 0:
@@ -30,11 +42,18 @@ def apply(label: np.ndarray, rules: dict[int, ClassRule], background: int = 0) -
             small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < rule.min_area * n) + 1
             if small.size:
                 mask_small = np.isin(comp, small)
-                out[mask_small] = background
+                _remove(out, mask_small, c, background, multilabel)
                 mask &= ~mask_small
         if rule.gate > 0 and mask.sum() < rule.gate * n:
-            out[mask] = background
+            _remove(out, mask, c, background, multilabel)
     return out
+
+
+def _remove(out: np.ndarray, where: np.ndarray, c: int, background: int, multilabel: bool) -> None:
+    if multilabel:
+        out[where] &= np.uint8(~(1 << c) & 0xFF)
+    else:
+        out[where] = background
 
 
 def load_rules(doc: dict, class_names) -> dict[int, ClassRule]:
@@ -42,25 +61,29 @@ def load_rules(doc: dict, class_names) -> dict[int, ClassRule]:
     return {list(class_names).index(name): ClassRule(**rule) for name, rule in doc["rules"].items()}
 
 
-def evaluate(preds, truths, rules: dict[int, ClassRule], metric_factory, background: int = 0) -> float:
+def evaluate(preds, truths, rules: dict[int, ClassRule], metric_factory, background: int = 0,
+             multilabel: bool = False) -> float:
+    """The metric of `preds` (label maps; multilabel: (C, H, W) probabilities) under `rules`."""
     m = metric_factory()
     for p, t in zip(preds, truths):
-        m.update(apply(p, rules, background), t)
+        label = bits_from_probs(p, rules) if multilabel else p
+        m.update(apply(label, rules, background, multilabel), t)
     return m.compute()["score"]
 
 
 def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], metric_factory,
-         background: int = 0) -> tuple[dict[int, ClassRule], float, float]:
-    """Coordinate search over the grid, class by class (min area, then gate), keeping a value only
-    when the metric improves. Returns (rules, score before, score after)."""
+         background: int = 0, multilabel: bool = False) -> tuple[dict[int, ClassRule], float, float]:
+    """Coordinate search over the grid, class by class (multilabel: threshold first; then min area,
+    then gate), keeping a value only when the metric improves. Returns (rules, before, after)."""
     def score(rules):
-        return evaluate(preds, truths, rules, metric_factory, background)
+        return evaluate(preds, truths, rules, metric_factory, background, multilabel)
 
     rules = {c: ClassRule() for c in classes if c != background}
     before = best = score({})
+    grids = ([("threshold", THRESHOLD_GRID)] if multilabel else []) + [("min_area", AREA_GRID), ("gate", AREA_GRID)]
     for c in list(rules):
-        for field in ("min_area", "gate"):
-            for value in AREA_GRID[1:]:
+        for field, grid in grids:
+            for value in grid[1:]:
                 trial = {**rules, c: ClassRule(**{**rules[c].__dict__, field: value})}
                 s = score(trial)
                 if s > best + 1e-12:

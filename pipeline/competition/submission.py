@@ -147,13 +147,17 @@ def prediction_masks(parsed: dict, image: str, classes: list[int], shape: tuple[
     return np.stack([rle.runs_to_mask(*parsed.get((image, c), empty), shape, sc.rle_order) for c in classes])
 
 
-def encode_rows(image: str, label: np.ndarray, classes: list[int], sc: SubmissionConfig, class_names=None) -> list[tuple]:
-    """The rows of one image; `label` is already at the submission's size."""
+def encode_rows(image: str, label: np.ndarray, classes: list[int], sc: SubmissionConfig, class_names=None,
+                multilabel: bool = False) -> list[tuple]:
+    """The rows of one image; `label` is already at the submission's size (multilabel: class bits)."""
     if sc.format == "prediction_string":
+        if multilabel:
+            raise SubmissionError("submission.format prediction_string holds one class per pixel: not multilabel")
         return [(image, " ".join(map(str, label.ravel(order="C").tolist())))]
     rows = []
     for c in classes:
-        enc = rle.encode(label == c, sc.rle_order) or sc.empty
+        mask = ((label >> c) & 1).astype(bool) if multilabel else label == c
+        enc = rle.encode(mask, sc.rle_order) or sc.empty
         if enc != sc.empty or sc.empty_rows:
             if sc.id_template:
                 class_name = _names(class_names, classes)[c]

@@ -224,7 +224,8 @@ def _coerce(tp, value: Any, where: str):
 
 _CHOICES = {
     "data.format": ("coco", "maskdir"),
-    "data.overlap": ("area_desc", "order", "priority", "ignore"),
+    "data.overlap": ("area_desc", "order", "priority", "ignore", "multilabel"),
+    "competition.task": ("single", "multilabel"),
     "data.unlabelled": ("background", "ignore"),
     "submission.rle_order": ("column", "row"),
     "submission.format": ("rle", "prediction_string"),
@@ -239,7 +240,7 @@ _CHOICES = {
     "competition.metric": ("miou", "miou_image", "dice_image_class"),
 }
 TRACKERS = ("tensorboard", "mlflow")
-LOSSES = ("ce", "dice", "focal", "lovasz")
+LOSSES = ("ce", "bce", "dice", "focal", "lovasz")
 _TTA = re.compile(r"^(hflip|vflip|d4|none|scale:\d+(\.\d+)?(,\d+(\.\d+)?)*)$")
 
 
@@ -322,6 +323,18 @@ def _validate(cfg: Config) -> None:
     for term in t.losses:
         if term.name not in LOSSES:
             raise ConfigError(f"train.losses: unknown loss {term.name!r} ({', '.join(LOSSES)})")
+    multilabel = cfg.competition.task == "multilabel"
+    if multilabel != (d.overlap == "multilabel"):
+        raise ConfigError("competition.task: multilabel and data.overlap: multilabel go together (one sigmoid per "
+                          f"class needs labels that may overlap); got task {cfg.competition.task}, overlap {d.overlap}")
+    if multilabel and (d.num_classes > 7 or d.ignore_index != 255):
+        raise ConfigError(f"competition.task: multilabel keeps one bit per class in 8-bit label maps: at most 7 classes "
+                          f"(got {d.num_classes}) and data.ignore_index 255 (got {d.ignore_index})")
+    wrong = {"ce"} if multilabel else {"bce"}
+    for term in t.losses:
+        if term.name in wrong:
+            raise ConfigError(f"train.losses: {term.name} is for the {'single-label' if multilabel else 'multilabel'} "
+                              f"task; use {'bce' if multilabel else 'ce'} (dice, focal and lovasz serve both)")
     for name in t.trackers:
         if name not in TRACKERS:
             raise ConfigError(f"train.trackers: unknown tracker {name!r} ({', '.join(TRACKERS)})")

@@ -20,13 +20,15 @@ class SplitConfig:
 class DataConfig:
     name: str
     root: str
-    demo: str | None = None  # a built-in generator writes this data (`make demo-data`): trash | defects | slides
+    demo: str | None = None  # a built-in generator writes this data (`make demo-data`): trash | defects | defects_overlap | slides
     format: str = "coco"  # coco | maskdir
     classes: tuple[str, ...] = ()
     ignore_index: int = 255
     unlabelled: str = "background"  # COCO pixels with no annotation: "background" (class 0) or "ignore"
     category_map: dict = field(default_factory=dict)  # COCO category id -> class index; default by name
-    overlap: str = "area_desc"  # area_desc | order | priority | ignore
+    # area_desc | order | priority | ignore: one class per pixel; multilabel: every class kept (label
+    # maps hold one bit per class; mask folders hold one folder of binary PNGs per class)
+    overlap: str = "area_desc"
     mask_values: dict = field(default_factory=dict)  # mask folders: raw PNG value -> class index, e.g. {0: 0, 255: 1}
     priority: tuple[str, ...] = ()  # for overlap=priority: class names, highest first
     strict: bool = True
@@ -155,6 +157,7 @@ class CompetitionConfig:
     # miou: dataset-level (intersections and unions summed over images; CamVid) | miou_image: each
     # image's mIoU, averaged | dice_image_class: mean Dice over (image, class), empty vs empty = 1
     metric: str = "miou"
+    task: str = "single"  # single: softmax, one class per pixel | multilabel: one sigmoid per class
     background: int | None = None  # the class post-processing gives removed pixels to (make tune); none: no tuning
 
 

@@ -52,14 +52,44 @@ def _render(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(img[..., None], 3, axis=2), label
 
 
-def generate(root: Path, seed: int = 0, n_train: int = 120, n_test: int = 40) -> Path:
-    """Write the defects demo under root (mask folders); deterministic for a given seed."""
+def _render_overlapping(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The multilabel variant: each defect drawn into its own mask, so they may overlap (a scratch
+    across a patch, pits inside one); the shades add up where they do."""
+    n = rng.choice([0, 1, 2, 3], p=[0.3, 0.25, 0.3, 0.15])
+    masks = np.zeros((5, HEIGHT, WIDTH), np.uint8)
+    chosen = [int(c) for c in rng.choice([1, 2, 3, 4], size=n, replace=False)]
+    for cls in chosen:
+        _defect(rng, cls, masks[cls])
+    if 3 in chosen and len(chosen) > 1:  # make the overlap likely: move one other defect onto the patch
+        ys, xs = np.nonzero(masks[3])
+        other = next(c for c in chosen if c != 3)
+        oy, ox = np.nonzero(masks[other])
+        if ys.size and oy.size:
+            dy, dx = int(ys.mean() - oy.mean()), int(xs.mean() - ox.mean())
+            masks[other] = np.roll(masks[other], (dy, dx), axis=(0, 1))
+    masks = (masks > 0).astype(np.uint8)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    grey = 120 + 15 * np.sin(xx / rng.uniform(6, 12)) + rng.normal(0, 8, (HEIGHT, WIDTH))
+    for c, d in {1: -70, 2: -55, 3: 45, 4: -80}.items():
+        grey += masks[c] * (d + rng.normal(0, 6, (HEIGHT, WIDTH)))
+    img = np.clip(grey, 0, 255).astype(np.uint8)
+    return np.repeat(img[..., None], 3, axis=2), masks
+
+
+def generate(root: Path, seed: int = 0, n_train: int = 120, n_test: int = 40, overlapping: bool = False) -> Path:
+    """Write the defects demo under root (mask folders; `overlapping`: one folder of 0/255 masks
+    per class, defects free to overlap); deterministic for a given seed."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         for k in range(n):
-            img, label = _render(rng)
-            name = f"{split}{k:04d}"
+            name, labels = f"{split}{k:04d}", root / split / ("masks" if split == "train" else "truth")
+            if overlapping:
+                img, masks = _render_overlapping(rng)
+                for c, cls in enumerate(CLASSES[1:], start=1):
+                    save_png(labels / cls / f"{name}.png", masks[c] * 255)
+            else:
+                img, label = _render(rng)
+                save_png(labels / f"{name}.png", label)
             save_png(root / split / "images" / f"{name}.png", img)
-            save_png(root / split / ("masks" if split == "train" else "truth") / f"{name}.png", label)
     return root

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-POLICIES = ("area_desc", "order", "priority", "ignore")
+POLICIES = ("area_desc", "order", "priority", "ignore", "multilabel")
 
 
 def paint_order(classes: Sequence[int], areas: Sequence[float], policy: str,
@@ -28,8 +28,15 @@ def compose_label_map(masks: Sequence[np.ndarray], classes: Sequence[int], polic
                       shape: tuple[int, int], fill: int, ignore_index: int,
                       priority: Sequence[int] = (), dtype=np.uint8,
                       areas: Sequence[float] | None = None) -> np.ndarray:
-    """Label map from binary masks, one per annotation, under an overlap policy.
+    """Label map from binary masks, one per annotation, under an overlap policy (multilabel: a map
+    of class bits, bit c set where class c is).
     `areas` (default: the masks' own) decides the order of area_desc, e.g. when masks are crops."""
+    if policy == "multilabel":  # nothing painted over: one bit per class, 1 << fill where no class
+        out = np.zeros(shape, dtype=np.uint8)
+        for m, c in zip(masks, classes):
+            out[m.astype(bool)] |= np.uint8(1 << c)
+        out[out == 0] = ignore_index if fill == ignore_index else (1 << fill)
+        return out
     out = np.full(shape, fill, dtype=dtype)
     if areas is None:
         areas = [float(m.sum()) for m in masks]

@@ -19,6 +19,7 @@ class ConcatSource(Source):
         self.parts = [(s, i) for s in sources for i in range(len(s))]
         self.records = [s.records[i] for s, i in self.parts]
         self.num_classes, self.ignore_index = sources[0].num_classes, sources[0].ignore_index
+        self.multilabel = sources[0].multilabel
         self.labelled, self.skipped = True, []
 
     def image(self, i):

@@ -17,7 +17,7 @@ from pipeline.errors import DataError
 from pipeline.data.coco import CocoSet, ImageRecord, ann_to_rle, class_map, load_coco
 from pipeline.data.overlap import compose_label_map
 from pipeline.io import save_png
-from pipeline.pixels import class_counts
+from pipeline.pixels import bit_counts, class_counts
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -108,11 +108,19 @@ class Source:
         """The files whose contents make image i and its label map."""
         return [p for p in (self.records[i].path,) if p is not None]
 
+    multilabel: bool = False  # label maps hold one bit per class (data.overlap: multilabel)
+
+    def class_pixels(self, mask: np.ndarray) -> np.ndarray:
+        """Pixels of each class in one of this source's label maps."""
+        if self.multilabel:
+            return bit_counts(mask, self.num_classes, self.ignore_index)
+        return class_counts(mask, self.num_classes)
+
     def presence(self) -> np.ndarray:
         """(images, classes) bool: which classes each image contains."""
         out = np.zeros((len(self), self.num_classes), dtype=bool)
         for i in range(len(self)):
-            out[i] = class_counts(self.mask(i), self.num_classes) > 0
+            out[i] = self.class_pixels(self.mask(i)) > 0
         return out
 
 
@@ -123,6 +131,7 @@ class CocoSource(Source):
         self.cmap = class_map(coco.categories, data.classes, data.category_map, str(coco.path))
         self.fill = 0 if data.unlabelled == "background" else data.ignore_index
         self.policy = data.overlap
+        self.multilabel = data.overlap == "multilabel"
         self.priority = [data.classes.index(n) for n in data.priority]
         self.cache = None
         if cache_dir is not None:
@@ -183,10 +192,16 @@ class MaskDirSource(Source):
             wanted = set(stems)
             files = [p for p in files if p.stem in wanted]
         self.records, self.values = [], dict(data.mask_values)
+        self.multilabel, self.class_names = data.overlap == "multilabel", list(data.classes)
+        if self.multilabel and self.masks_dir is not None:  # one folder of binary PNGs per class but class 0
+            missing = [str(self.masks_dir / n) for n in self.class_names[1:] if not (self.masks_dir / n).is_dir()]
+            if missing:
+                raise DataError(f"{self.masks_dir}: data.overlap multilabel reads one folder of binary masks per "
+                                f"class; missing {missing}")
         for p in files:
             w = h = 0  # masks only: sizes come from the masks themselves
             try:
-                if self.masks_dir is not None and not (self.masks_dir / f"{p.stem}.png").exists():
+                if self.masks_dir is not None and not self.multilabel and not (self.masks_dir / f"{p.stem}.png").exists():
                     raise DataError(f"{self.masks_dir / (p.stem + '.png')}: no label map for image {p.name}")
                 if images_dir:
                     w, h = image_size(p, f"image {p.name}")
@@ -197,10 +212,43 @@ class MaskDirSource(Source):
                 continue
             self.records.append(ImageRecord(p.stem, p.name, h, w, p if images_dir else None))
 
+    def _class_paths(self, i: int) -> list[Path]:
+        return [self.masks_dir / n / f"{self.records[i].stem}.png" for n in self.class_names[1:]]
+
     def files(self, i: int) -> list[Path]:
-        return super().files(i) + ([self.masks_dir / f"{self.records[i].stem}.png"] if self.masks_dir else [])
+        if not self.masks_dir:
+            return super().files(i)
+        if self.multilabel:
+            return super().files(i) + self._class_paths(i)
+        return super().files(i) + [self.masks_dir / f"{self.records[i].stem}.png"]
+
+    def _bits(self, i: int) -> np.ndarray:
+        """Class bits from the per-class binary PNGs (non-zero: the class; a missing file: none);
+        bit 0 (background) where no class is."""
+        rec = self.records[i]
+        out = None
+        for c, path in enumerate(self._class_paths(i), start=1):
+            if not path.exists():
+                continue
+            m = read_label_png(path)
+            if rec.height and m.shape != (rec.height, rec.width):
+                raise DataError(f"{path}: mask is {m.shape[1]}x{m.shape[0]}, image {rec.file_name} is {rec.width}x{rec.height}")
+            if out is None:
+                out = np.zeros(m.shape, np.uint8)
+            elif m.shape != out.shape:
+                raise DataError(f"{path}: mask is {m.shape[1]}x{m.shape[0]}, the image's other masks "
+                                f"{out.shape[1]}x{out.shape[0]}")
+            out[m > 0] |= np.uint8(1 << c)
+        if out is None:
+            if not rec.height:
+                raise DataError(f"{self.masks_dir}: no mask of any class for {rec.file_name}, and no image to size it")
+            out = np.zeros((rec.height, rec.width), np.uint8)
+        out[out == 0] = 1
+        return out
 
     def mask(self, i: int) -> np.ndarray:
+        if self.multilabel:
+            return self._bits(i)
         rec = self.records[i]
         path = self.masks_dir / f"{rec.stem}.png"
         m = read_label_png(path, self.values)

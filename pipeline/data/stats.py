@@ -7,7 +7,6 @@ import numpy as np
 
 from pipeline.data.sources import Source
 from pipeline.errors import DataError
-from pipeline.pixels import class_counts
 
 IGNORE_SHARE_ALARM = 0.3  # above this share of ignored pixels, a class with no pixel is a red flag
 
@@ -26,7 +25,7 @@ def label_stats(pool: Source, indices, num_classes: int, ignore_index: int) -> L
     ignored = total = 0
     for i in indices:
         m = pool.mask(i)
-        counts = class_counts(m, num_classes)
+        counts = pool.class_pixels(m)
         pixels += counts
         image_pixels += (counts > 0) * m.size
         ignored += int(np.count_nonzero(m == ignore_index))

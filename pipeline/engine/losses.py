@@ -7,6 +7,7 @@ from torch import nn
 
 from pipeline.config import LossTerm
 from pipeline.errors import ConfigError
+from pipeline.pixels import bits_to_masks
 
 
 class _FP32(nn.Module):
@@ -17,6 +18,32 @@ class _FP32(nn.Module):
     def forward(self, logits, target):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return self.loss(logits.float(), target)
+
+
+class _Bits(nn.Module):
+    """Multilabel: the target's class bits (N, H, W) as (N, C, H, W) 0/1 channels, ignored pixels
+    marked with the ignore value in every channel, for SMP's multilabel-mode losses."""
+
+    def __init__(self, loss: nn.Module, num_classes: int, ignore_index: int):
+        super().__init__()
+        self.loss, self.num_classes, self.ignore_index = loss, num_classes, ignore_index
+
+    def forward(self, logits, target):
+        y = bits_to_masks(target.long(), self.num_classes).to(logits.dtype)
+        y = y.masked_fill((target == self.ignore_index).unsqueeze(1), float(self.ignore_index))
+        return self.loss(logits, y)
+
+
+class _PerChannel(nn.Module):
+    """A binary loss averaged over the channels (Lovasz hinge: one ranking per class, not one over
+    every class's pixels pooled)."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits, target):
+        return torch.stack([self.loss(logits[:, c], target[:, c]) for c in range(logits.shape[1])]).mean()
 
 
 class Combined(nn.Module):
@@ -30,8 +57,9 @@ class Combined(nn.Module):
         return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.losses))
 
 
-def build_loss(terms: tuple[LossTerm, ...], num_classes: int, ignore_index: int) -> nn.Module:
+def build_loss(terms: tuple[LossTerm, ...], num_classes: int, ignore_index: int, multilabel: bool = False) -> nn.Module:
     built = []
+    mode = "multilabel" if multilabel else "multiclass"
     for t in terms:
         p = dict(t.params)
         if t.name == "ce":
@@ -40,15 +68,21 @@ def build_loss(terms: tuple[LossTerm, ...], num_classes: int, ignore_index: int)
                 raise ConfigError(f"train.losses ce.class_weights: {len(weight)} values for {num_classes} classes")
             loss = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32) if weight else None,
                                        ignore_index=ignore_index, label_smoothing=float(p.pop("label_smoothing", 0.0)))
+        elif t.name == "bce":
+            loss = _FP32(smp.losses.SoftBCEWithLogitsLoss(ignore_index=ignore_index, **p))
         elif t.name == "dice":
-            loss = _FP32(smp.losses.DiceLoss("multiclass", ignore_index=ignore_index, **p))
-        elif t.name == "focal":
-            loss = _FP32(smp.losses.FocalLoss("multiclass", ignore_index=ignore_index, **p))
+            loss = _FP32(smp.losses.DiceLoss(mode, ignore_index=ignore_index, **p))
+        elif t.name == "focal":  # multilabel per channel: SMP's multilabel focal mis-indexes the ignore mask
+            loss = _FP32(_PerChannel(smp.losses.FocalLoss("binary", ignore_index=ignore_index, **p)) if multilabel
+                         else smp.losses.FocalLoss(mode, ignore_index=ignore_index, **p))
         elif t.name == "lovasz":
-            loss = _FP32(smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index, **p))
+            loss = _FP32(_PerChannel(smp.losses.LovaszLoss("binary", ignore_index=ignore_index, **p)) if multilabel
+                         else smp.losses.LovaszLoss(mode, ignore_index=ignore_index, **p))
         else:
             raise ConfigError(f"unknown loss {t.name!r}")
         if t.name == "ce" and p:
             raise ConfigError(f"train.losses ce: unknown parameter(s) {sorted(p)}")
+        if multilabel:
+            loss = _Bits(loss, num_classes, ignore_index)
         built.append((t.name, t.weight, loss))
     return Combined(built)

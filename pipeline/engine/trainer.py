@@ -18,6 +18,7 @@ from pipeline.config import TrainConfig
 from pipeline.engine.hooks import Hook
 from pipeline.engine.runtime import Runtime, rng_state, set_rng_state
 from pipeline.errors import TrainingError
+from pipeline.pixels import masks_to_bits
 
 
 class Trainer:
@@ -134,7 +135,7 @@ class Trainer:
                 logits = model(x)
             loss[0] += self.loss_fn(logits.float(), y).double() * len(x)
             loss[1] += len(x)
-            self.meter.update(logits.argmax(1), y)
+            self.meter.update(masks_to_bits(logits > 0) if self.meter.multilabel else logits.argmax(1), y)
         rt.all_reduce(loss)
         self.meter.all_reduce()
         m = self.meter.compute()

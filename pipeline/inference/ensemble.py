@@ -1,5 +1,5 @@
-"""Fold/experiment ensembles: the best checkpoint of each member, batched TTA, softmax averaged over
-views and members (weighted), resized back to each image's own size. Images are decoded once per
+"""Fold/experiment ensembles: the best checkpoint of each member, batched TTA, softmax (multilabel:
+sigmoid) probabilities averaged over views and members (weighted), resized back to each image's own size. Images are decoded once per
 batch in DataLoader workers and transformed once per distinct input size of the members, so the
 model is not left waiting on JPEG decoding."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pipeline.engine import checkpoint
 from pipeline.engine.runtime import Runtime
 from pipeline.errors import ConfigError
 from pipeline.io import save_png, write_with
+from pipeline.pixels import masks_to_bits
 from pipeline.inference.tta import predict_probs
 from pipeline.inference.window import assemble, sliding_window
 from pipeline.models import build_model
@@ -103,8 +104,9 @@ class Ensemble:
     then take images at their own scale (no train.resize)."""
 
     def __init__(self, members: list[Member], rt: Runtime, tta, window: tuple[int, int] | None = None,
-                 overlap: float = 0.25):
+                 overlap: float = 0.25, multilabel: bool = False):
         self.rt, self.tta, self.window, self.overlap, self.models = rt, tta, window, overlap, []
+        self.multilabel = multilabel
         for m in members:
             model, state = load_model(m.path, rt.device)
             model = rt.prepare(model)
@@ -118,10 +120,10 @@ class Ensemble:
         self.num_classes = len(state["classes"]) if members else 0
 
     def _probs(self, views: dict, size: tuple[int, int]) -> torch.Tensor:
-        """(B, C, H, W) weighted mean over members of their TTA-averaged softmax, on the device."""
+        """(B, C, H, W) weighted mean over members of their TTA-averaged probabilities, on the device."""
         acc = None
         for model, key, weight, _ in self.models:
-            p = predict_probs(model, self.rt.to_device(views[key], image=True), self.tta, self.rt.dtype)
+            p = predict_probs(model, self.rt.to_device(views[key], image=True), self.tta, self.rt.dtype, self.multilabel)
             if p.shape[-2:] != size:
                 p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
             acc = p * weight if acc is None else acc + p * weight
@@ -172,9 +174,27 @@ def top_class(probs: torch.Tensor, with_conf: bool = False, rows: int = 256):
     return label, conf
 
 
-def save_prediction(out: Path, stem: str, probs: torch.Tensor, save_probs: bool) -> np.ndarray:
-    """labels/<stem>.png (argmax) and, when asked, probs/<stem>.npz (float16); returns the label map."""
-    label, _ = top_class(probs)
+def thresholds(cfg: Config) -> list[float] | None:
+    """Multilabel: each class's probability threshold (0.5; `make tune` may pick others, which
+    `make submission` applies to the saved probabilities); None for the single-label task."""
+    return [0.5] * cfg.data.num_classes if cfg.competition.task == "multilabel" else None
+
+
+def class_bits(probs: torch.Tensor, thresholds, rows: int = 256) -> np.ndarray:
+    """Multilabel: the map of class bits of `probs` (C, H, W) above each class's threshold, a band
+    of rows at a time."""
+    C, H, W = probs.shape
+    thr = torch.as_tensor(thresholds, dtype=torch.float32).view(-1, 1, 1)
+    out = np.empty((H, W), np.uint8)
+    for y in range(0, H, rows):
+        out[y:y + rows] = masks_to_bits(probs[:, y:y + rows].float() > thr).numpy()
+    return out
+
+
+def save_prediction(out: Path, stem: str, probs: torch.Tensor, save_probs: bool, thresholds=None) -> np.ndarray:
+    """labels/<stem>.png (argmax; with per-class `thresholds`, the multilabel map of class bits) and,
+    when asked, probs/<stem>.npz (float16); returns the label map."""
+    label = top_class(probs)[0] if thresholds is None else class_bits(probs, thresholds)
     save_png(out / "labels" / f"{stem}.png", label)
     if save_probs:
         write_with(out / "probs" / f"{stem}.npz",

@@ -12,7 +12,7 @@ from pipeline.data.pool import fold_indices, labelled_pool
 from pipeline.engine.runtime import Runtime
 from pipeline.errors import DataError
 from pipeline.inference.analysis import WorstImages, write_report
-from pipeline.inference.ensemble import Ensemble, Member, save_prediction
+from pipeline.inference.ensemble import Ensemble, Member, save_prediction, thresholds
 from pipeline.io import write_json
 
 
@@ -20,19 +20,21 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
     pool, table = labelled_pool(cfg)
     C, ign = cfg.data.num_classes, cfg.data.ignore_index
     pooled, per_fold, fold_iou, n = competition_metric(cfg), {}, {}, 0
+    multilabel = cfg.competition.task == "multilabel"  # OOF probabilities kept (float16): make tune picks thresholds
     worst = WorstImages(cfg.infer.analysis_images)
     for fold, members in sorted(by_fold.items()):
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
         meter = competition_metric(cfg)
-        ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap)
+        ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap, multilabel)
         preds = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
         for i, p, truth in preds:
-            label = save_prediction(out, pool.records[i].stem, p, False)
+            label = save_prediction(out, pool.records[i].stem, p, multilabel, thresholds(cfg))
             pooled.update(label, truth)
             meter.update(label, truth)
-            image = competition_metric(cfg)
-            image.update(label, truth)
-            worst.add(image.compute()["score"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))
+            if not multilabel:  # the error-analysis page draws one class per pixel
+                image = competition_metric(cfg)
+                image.update(label, truth)
+                worst.add(image.compute()["score"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))
             n += 1
         m = meter.compute()
         per_fold[int(fold)], fold_iou[int(fold)] = m["score"], m["per_class"]
@@ -49,6 +51,7 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
               "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
               "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
     write_json(out / "score.json", result)
-    write_report(out.parent / "analysis", worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
-                 m["per_class"], fold_iou, pooled.confusion.numpy(), pooled.name)
+    if not multilabel:
+        write_report(out.parent / "analysis", worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
+                     m["per_class"], fold_iou, pooled.confusion.numpy(), pooled.name)
     return result

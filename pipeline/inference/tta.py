@@ -31,8 +31,8 @@ def build_tta(names) -> ttach.Compose:
 
 
 @torch.no_grad()
-def predict_probs(model, x: torch.Tensor, transforms: ttach.Compose, dtype=None) -> torch.Tensor:
-    """Softmax probabilities averaged over the TTA views, (B, C, H, W) float32."""
+def predict_probs(model, x: torch.Tensor, transforms: ttach.Compose, dtype=None, multilabel: bool = False) -> torch.Tensor:
+    """Softmax (multilabel: sigmoid) probabilities averaged over the TTA views, (B, C, H, W) float32."""
     views = [t.augment_image(x) for t in transforms]
     by_shape: dict[tuple, list[int]] = {}
     for k, v in enumerate(views):
@@ -41,7 +41,8 @@ def predict_probs(model, x: torch.Tensor, transforms: ttach.Compose, dtype=None)
     for ks in by_shape.values():
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(torch.cat([views[k] for k in ks]))
-        for k, chunk in zip(ks, logits.float().softmax(1).split(len(x))):
+        probs = logits.float().sigmoid() if multilabel else logits.float().softmax(1)
+        for k, chunk in zip(ks, probs.split(len(x))):
             out[k] = chunk
     total = None
     for t, p in zip(transforms, out):
