@@ -1,6 +1,7 @@
 # segpipe: each target is one stage that reads the previous stage's files from disk.
 #   make demo                      install, then the whole chain on the built-in demo data
 #   make demo DATA=demo_defects    the same on the second demo (Severstal/Clouds-style defects)
+#   make demo DATA=demo_overlap    the same with overlapping classes (multilabel, one sigmoid per class)
 #   make demo DATA=demo_slides     the same on large slides (window training, sliding-window inference)
 #   make train MODEL=deconvnet FOLD=0 ARGS="train.epochs=30"   (EXP=configs/exp file, NAME=run name)
 #   make train CONFIG=outputs/demo/runs/demo/fold0/config.yaml   (a saved run's config, again)
@@ -31,7 +32,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # DATA=demo (trash photos, COCO, dataset mIoU), DATA=demo_defects (steel defects, mask folders,
-# Dice per image and class, Image_Label rows at half size) or DATA=demo_slides (6000x8000 slides);
+# Dice per image and class, Image_Label rows at half size), DATA=demo_overlap (the same, overlapping,
+# multilabel) or DATA=demo_slides (6000x8000 slides);
 # written once, deterministically
 demo-data: install
 	test -d data/$(DATA) || $(RUN) demo-data data=$(DATA)

@@ -113,7 +113,8 @@ def _all_config_files():
 
 @pytest.mark.parametrize("kind,name", list(_all_config_files()))
 def test_every_config_file_loads(kind, name):
-    data = name if kind == "data" else ("camvid" if name.startswith("camvid") else "demo")
+    data = name if kind == "data" else next((d for d in ("camvid", "demo_overlap", "demo_slides", "demo_defects")
+                                             if name.startswith(d)), "demo")  # an experiment's own data
     cfg = load_config(data, name if kind == "model" else "unet", name if kind == "exp" else None, [], 0, REPO / "configs")
     assert cfg.data.name == data and cfg.model.arch and cfg.exp == (name if kind == "exp" else cfg.model.name)
     assert load_config_file_roundtrip(cfg) == cfg

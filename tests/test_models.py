@@ -114,12 +114,17 @@ def test_median_frequency_weights():
 
     from pipeline.data.stats import label_stats, median_frequency_weights
 
+    from pipeline.pixels import class_counts
+
     class Src:
         def __init__(self, masks):
             self.masks = masks
 
         def mask(self, i):
             return self.masks[i]
+
+        def class_pixels(self, m):
+            return class_counts(m, 3)
 
     a = np.zeros((4, 4), np.uint8)
     a[:, :1] = 1  # class 1: 4 of 16 pixels, in one image

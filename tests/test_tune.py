@@ -102,7 +102,7 @@ def test_rules_that_lose_on_held_out_folds_are_not_applied(make_cfg, monkeypatch
     for i, rec in enumerate(pool.records):
         save_png(cfg.preds_dir() / "oof" / "labels" / f"{rec.stem}.png", _speckled(pool.mask(i), rng, n=20, value=3))
     real = tune_stage.evaluate
-    monkeypatch.setattr(tune_stage, "evaluate", lambda p, t, rules, m, bg: real(p, t, rules, m, bg) - (0.1 if rules else 0))
+    monkeypatch.setattr(tune_stage, "evaluate", lambda p, t, rules, *a: real(p, t, rules, *a) - (0.1 if rules else 0))
     result = tune_stage.run(cfg)
     assert result["oof_after"] > result["oof_before"] and result["holdout_gain_mean"] < 0
     assert result["rules"] == {} and "can" in result["rejected"]
