@@ -102,7 +102,9 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
     tc, dist = cfg.train, rt.dist
     transform = train_transform(tc, cfg.data.ignore_index, rare, cfg.data.num_classes)
     if tc.tile:
-        cache = DecodedCache(pool, cfg.out_dir / "cache" / "decoded", cfg.competition.background, cfg.data.ignore_index)
+        bg = cfg.competition.background  # its value in a label map (multilabel: the background's bit alone)
+        bg = 1 << bg if cfg.competition.task == "multilabel" else bg
+        cache = DecodedCache(pool, cfg.out_dir / "cache" / "decoded", bg, cfg.data.ignore_index)
         train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=tc.seed)
     else:
         train_ds = SegDataset(pool, train_idx, transform, seed=tc.seed)

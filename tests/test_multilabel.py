@@ -155,3 +155,24 @@ def test_overlap_demo_end_to_end(tmp_path):
             d = pred.sum() + true.sum()
             dice.append(1.0 if d == 0 else 2 * (pred & true).sum() / d)
     assert scored["score"] == pytest.approx(float(np.mean(dice)), abs=1e-9)
+
+
+def test_coco_overlaps_become_class_bits(tmp_path):
+    """The bottle-inside-a-bag case: with data.overlap multilabel both annotations keep their class."""
+    from helpers import square, write_coco
+    from pipeline.data.sources import open_split
+
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "x.png")
+    write_coco(tmp_path / "a.json", [{"id": 1, "file_name": "x.png", "height": 10, "width": 10}],
+               [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": square(0, 0, 6, 6), "area": 36,
+                 "bbox": [0, 0, 6, 6], "iscrowd": 0},
+                {"id": 2, "image_id": 1, "category_id": 2, "segmentation": square(3, 3, 9, 9), "area": 36,
+                 "bbox": [3, 3, 6, 6], "iscrowd": 0}])
+    over = [f"data.root={tmp_path}", "data.format=coco", "data.classes=[background,a,b]", "data.overlap=multilabel",
+            "data.train={annotations: a.json, images: .}", "competition.task=multilabel", "train.losses=[{name: bce}]",
+            "submission.class_ids=[1,2]"]
+    cfg = load_config("demo_overlap", overrides=over)
+    bits = open_split(cfg.data, "train", cache_dir=tmp_path / "cache").mask(0)
+    assert bits[4, 4] == 0b110 and bits[1, 1] == 0b010 and bits[8, 8] == 0b100 and bits[0, 9] == 0b001
+    counts = bit_counts(bits, 3)
+    assert counts[1] + counts[2] > 100 - counts[0]  # pixels of both classes count for each

@@ -330,6 +330,9 @@ def _validate(cfg: Config) -> None:
     if multilabel and (d.num_classes > 7 or d.ignore_index != 255):
         raise ConfigError(f"competition.task: multilabel keeps one bit per class in 8-bit label maps: at most 7 classes "
                           f"(got {d.num_classes}) and data.ignore_index 255 (got {d.ignore_index})")
+    if multilabel and t.rare_crop:
+        raise ConfigError("train.rare_crop picks crops by class index, not class bits: not for the multilabel task "
+                          "(train.tile with train.tile_fg centres windows on any class)")
     wrong = {"ce"} if multilabel else {"bce"}
     for term in t.losses:
         if term.name in wrong:

@@ -147,7 +147,7 @@ class InferConfig:
     num_workers: int = 2  # image decoding in loader workers, so the model is not left waiting
     refit: str = "off"  # the full-data refit (fold=all) for the test set: off | with (the fold models) | only
     checkpoint: str = "best"  # which weights of each run: best | swa (train.swa_epochs)
-    save_probs: bool = False
+    save_probs: bool = False  # float16 probabilities of the test and OOF images (always for multilabel)
     oof: bool = True
     analysis_images: int = 8  # the worst OOF images drawn on the error-analysis page
 
