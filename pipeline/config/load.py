@@ -305,6 +305,22 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs})")
     if t.num_workers < 0 or cfg.infer.num_workers < 0 or cfg.infer.batch_size < 1:
         raise ConfigError("train.num_workers and infer.num_workers must be >= 0, infer.batch_size >= 1")
+    _validate_windows(cfg)
+    for term in t.losses:
+        if term.name not in LOSSES:
+            raise ConfigError(f"train.losses: unknown loss {term.name!r} ({', '.join(LOSSES)})")
+    _validate_task(cfg)
+    for name in t.trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"train.trackers: unknown tracker {name!r} ({', '.join(TRACKERS)})")
+    for name in cfg.infer.tta:
+        if not _TTA.match(name):
+            raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
+
+
+def _validate_windows(cfg: Config) -> None:
+    """Crops, resizes, training tiles and inference windows."""
+    t = cfg.train
     for key, v in (("train.crop", t.crop), ("train.resize", t.resize), ("train.tile", t.tile),
                    ("infer.window", cfg.infer.window)):
         if v is not None and (len(v) != 2 or not all(x > 0 for x in v)):
@@ -320,9 +336,11 @@ def _validate(cfg: Config) -> None:
     if cfg.infer.window is not None and t.resize:
         raise ConfigError("infer.window: the models were trained on resized images (train.resize); "
                           "windows are cut at the image's own scale")
-    for term in t.losses:
-        if term.name not in LOSSES:
-            raise ConfigError(f"train.losses: unknown loss {term.name!r} ({', '.join(LOSSES)})")
+
+
+def _validate_task(cfg: Config) -> None:
+    """The single-label or multilabel task against its labels and losses."""
+    d, t = cfg.data, cfg.train
     multilabel = cfg.competition.task == "multilabel"
     if multilabel != (d.overlap == "multilabel"):
         raise ConfigError("competition.task: multilabel and data.overlap: multilabel go together (one sigmoid per "
@@ -338,12 +356,6 @@ def _validate(cfg: Config) -> None:
         if term.name in wrong:
             raise ConfigError(f"train.losses: {term.name} is for the {'single-label' if multilabel else 'multilabel'} "
                               f"task; use {'bce' if multilabel else 'ce'} (dice, focal and lovasz serve both)")
-    for name in t.trackers:
-        if name not in TRACKERS:
-            raise ConfigError(f"train.trackers: unknown tracker {name!r} ({', '.join(TRACKERS)})")
-    for name in cfg.infer.tta:
-        if not _TTA.match(name):
-            raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
 
 
 def config_to_dict(cfg: Config) -> dict:
