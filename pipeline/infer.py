@@ -8,7 +8,7 @@ from tqdm import tqdm
 from pipeline.config import Config
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
-from pipeline.inference.ensemble import Ensemble, find_members, save_prediction, thresholds
+from pipeline.inference.ensemble import Ensemble, find_members, save_prediction
 from pipeline.inference.oof import predict_oof
 from pipeline.inference.outdir import PredictionFolder
 from pipeline.inference.tta import build_tta
@@ -22,11 +22,11 @@ def run(cfg: Config) -> dict:
     by_fold, members = find_members(cfg)
     test = open_split(cfg.data, "test", labelled=False)
     with folder as out:
-        multilabel = cfg.competition.task == "multilabel"  # probabilities kept: make tune picks thresholds
+        multilabel = cfg.competition.multilabel  # probabilities always kept: make tune picks thresholds
         ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap, multilabel)
         preds = ensemble.predict(test, list(range(len(test))), cfg.infer.batch_size, cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
-            save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, thresholds(cfg))
+            save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
                     "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],
                     "checkpoint": cfg.infer.checkpoint, "refit": cfg.infer.refit, "tta": list(cfg.infer.tta),

@@ -49,3 +49,14 @@ def masks_to_bits(masks):
 
     weights = (1 << torch.arange(masks.shape[-3], device=masks.device)).view(-1, 1, 1).to(torch.uint8)
     return (masks.to(torch.uint8) * weights).sum(-3, dtype=torch.uint8)
+
+
+def threshold_bits(probs: np.ndarray, thresholds, rows: int = 256) -> np.ndarray:
+    """(C, H, W) probabilities -> the (H, W) uint8 map of the class bits above each class's
+    threshold, a band of rows at a time (no full-image float32 or bool copy of a slide)."""
+    probs = np.asarray(probs)
+    thr = np.asarray(thresholds, np.float32).reshape(-1, 1, 1)
+    out = np.empty(probs.shape[1:], np.uint8)
+    for y in range(0, probs.shape[1], rows):
+        out[y:y + rows] = masks_to_bits(probs[:, y:y + rows].astype(np.float32) > thr)
+    return out

@@ -32,7 +32,7 @@ def pseudo_round(cfg: Config, members) -> int:
 
 
 def run(cfg: Config) -> dict:
-    if cfg.competition.task == "multilabel":
+    if cfg.competition.multilabel:
         raise ConfigError("make pseudo: pseudo-labels are built for the single-label task (one class per pixel)")
     rt = Runtime.create(cfg.train, DistInfo())
     _, members = find_members(cfg)

@@ -55,7 +55,7 @@ def run(cfg: Config) -> Path:
     classes = class_ids(cfg)
     manifest = _complete_manifest(preds, [r.stem for r in test.records])
     rules, tuned = {}, preds / "postprocess.json"
-    multilabel = cfg.competition.task == "multilabel"
+    multilabel = cfg.competition.multilabel
     if sc.postprocess and tuned.exists():
         tuned_doc = json.loads(tuned.read_text())
         rules = load_rules(tuned_doc, cfg.data.classes)

@@ -52,7 +52,7 @@ def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dic
         optimizer = build_optimizer(model, tc)
         train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt, _rare(cfg, stats))
         loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index,
-                             cfg.competition.task == "multilabel").to(rt.device)
+                             cfg.competition.multilabel).to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
         trainer = Trainer(model, optimizer, scheduler, per_step, loss_fn, train_loader, val_loader, rt, tc,
                           cfg.data.classes, competition_metric(cfg, rt.device), _hooks(cfg, run_dir, dist) + list(hooks))
@@ -103,7 +103,7 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
     transform = train_transform(tc, cfg.data.ignore_index, rare, cfg.data.num_classes)
     if tc.tile:
         bg = cfg.competition.background  # its value in a label map (multilabel: the background's bit alone)
-        bg = 1 << bg if cfg.competition.task == "multilabel" else bg
+        bg = 1 << bg if cfg.competition.multilabel else bg
         cache = DecodedCache(pool, cfg.out_dir / "cache" / "decoded", bg, cfg.data.ignore_index)
         train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=tc.seed)
     else:

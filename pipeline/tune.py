@@ -39,7 +39,7 @@ def run(cfg: Config) -> dict:
         raise DataError(f"{oof}: no OOF predictions; run `make infer-tta` (with infer.oof=true) first")
     pool, table = labelled_pool(cfg)
     preds, truths, folds = [], [], []
-    multilabel = cfg.competition.task == "multilabel"
+    multilabel = cfg.competition.multilabel
     for _, row in table.iterrows():
         path = oof / f"{row['image_id']}.png"
         if path.exists():

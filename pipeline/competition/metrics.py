@@ -210,4 +210,4 @@ def competition_metric(cfg, device="cpu") -> IoUMeter:
     from pipeline.competition.submission import class_ids
 
     return build_metric(cfg.competition.metric, cfg.data.num_classes, cfg.data.ignore_index, class_ids(cfg), device,
-                        cfg.competition.task == "multilabel")
+                        cfg.competition.multilabel)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.pixels import masks_to_bits
+from pipeline.pixels import threshold_bits
 
 AREA_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)  # shares of the image's pixels
 THRESHOLD_GRID = (0.5, 0.3, 0.4, 0.6, 0.7)  # multilabel: probability thresholds (0.5 = untuned)
@@ -24,8 +24,7 @@ class ClassRule:
 
 def bits_from_probs(probs: np.ndarray, rules: dict[int, ClassRule]) -> np.ndarray:
     """Multilabel: the map of class bits of (C, H, W) probabilities at each class's threshold."""
-    thr = np.array([rules.get(c, ClassRule()).threshold for c in range(len(probs))], np.float32).reshape(-1, 1, 1)
-    return masks_to_bits(probs > thr)
+    return threshold_bits(probs, [rules.get(c, ClassRule()).threshold for c in range(len(probs))])
 
 
 def apply(label: np.ndarray, rules: dict[int, ClassRule], background: int = 0, multilabel: bool = False) -> np.ndarray:

@@ -341,7 +341,7 @@ def _validate_windows(cfg: Config) -> None:
 def _validate_task(cfg: Config) -> None:
     """The single-label or multilabel task against its labels and losses."""
     d, t = cfg.data, cfg.train
-    multilabel = cfg.competition.task == "multilabel"
+    multilabel = cfg.competition.multilabel
     if multilabel != (d.overlap == "multilabel"):
         raise ConfigError("competition.task: multilabel and data.overlap: multilabel go together (one sigmoid per "
                           f"class needs labels that may overlap); got task {cfg.competition.task}, overlap {d.overlap}")

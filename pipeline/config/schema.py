@@ -160,6 +160,10 @@ class CompetitionConfig:
     task: str = "single"  # single: softmax, one class per pixel | multilabel: one sigmoid per class
     background: int | None = None  # the class post-processing gives removed pixels to (make tune); none: no tuning
 
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
 
 @dataclass(frozen=True)
 class PseudoConfig:

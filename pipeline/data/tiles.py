@@ -48,8 +48,14 @@ class DecodedCache:
 
     def __init__(self, source: Source, root: Path, background: int, ignore_index: int):
         self.source, self.root, self.background, self.ignore_index = source, Path(root), background, ignore_index
+        self._opened: dict = {}  # per process: names and maps (a training window reads 3 arrays)
+
+    def __getstate__(self):  # loader workers open their own maps (pickling one would copy the slide)
+        return {**self.__dict__, "_opened": {}}
 
     def _key(self, i: int) -> str:
+        if ("key", i) in self._opened:
+            return self._opened[("key", i)]
         rec = self.source.records[i]
         h = hashlib.sha1(rec.stem.encode())
         for p in self.source.files(i):
@@ -57,14 +63,18 @@ class DecodedCache:
                 st = Path(p).stat()
                 h.update(f"{Path(p).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
         h.update(f"{self.background}:{self.ignore_index}".encode())
-        return f"{rec.stem}.{h.hexdigest()[:12]}"
+        self._opened[("key", i)] = f"{rec.stem}.{h.hexdigest()[:12]}"  # files are stat-ed once per process
+        return self._opened[("key", i)]
 
     def _load(self, name: str, make) -> np.ndarray:
+        if name in self._opened:
+            return self._opened[name]
         path = self.root / f"{name}.npy"
         if not path.exists():
             array = make()
             write_with(path, lambda f: np.save(f, array))
-        return np.load(path, mmap_mode="r")
+        self._opened[name] = np.load(path, mmap_mode="r")
+        return self._opened[name]
 
     def image(self, i: int) -> np.ndarray:
         return self._load(f"{self._key(i)}.image", lambda: self.source.image(i))

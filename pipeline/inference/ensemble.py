@@ -1,6 +1,6 @@
 """Fold/experiment ensembles: the best checkpoint of each member, batched TTA, softmax (multilabel:
-sigmoid) probabilities averaged over views and members (weighted), resized back to each image's own size. Images are decoded once per
-batch in DataLoader workers and transformed once per distinct input size of the members, so the
+sigmoid) probabilities averaged over views and members (weighted), resized back to each image's own
+size. Images are decoded once per batch in DataLoader workers and transformed once per distinct input size of the members, so the
 model is not left waiting on JPEG decoding."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pipeline.engine import checkpoint
 from pipeline.engine.runtime import Runtime
 from pipeline.errors import ConfigError
 from pipeline.io import save_png, write_with
-from pipeline.pixels import masks_to_bits
+from pipeline.pixels import threshold_bits
 from pipeline.inference.tta import predict_probs
 from pipeline.inference.window import assemble, sliding_window
 from pipeline.models import build_model
@@ -174,27 +174,11 @@ def top_class(probs: torch.Tensor, with_conf: bool = False, rows: int = 256):
     return label, conf
 
 
-def thresholds(cfg: Config) -> list[float] | None:
-    """Multilabel: each class's probability threshold (0.5; `make tune` may pick others, which
-    `make submission` applies to the saved probabilities); None for the single-label task."""
-    return [0.5] * cfg.data.num_classes if cfg.competition.task == "multilabel" else None
-
-
-def class_bits(probs: torch.Tensor, thresholds, rows: int = 256) -> np.ndarray:
-    """Multilabel: the map of class bits of `probs` (C, H, W) above each class's threshold, a band
-    of rows at a time."""
-    C, H, W = probs.shape
-    thr = torch.as_tensor(thresholds, dtype=torch.float32).view(-1, 1, 1)
-    out = np.empty((H, W), np.uint8)
-    for y in range(0, H, rows):
-        out[y:y + rows] = masks_to_bits(probs[:, y:y + rows].float() > thr).numpy()
-    return out
-
-
-def save_prediction(out: Path, stem: str, probs: torch.Tensor, save_probs: bool, thresholds=None) -> np.ndarray:
-    """labels/<stem>.png (argmax; with per-class `thresholds`, the multilabel map of class bits) and,
-    when asked, probs/<stem>.npz (float16); returns the label map."""
-    label = top_class(probs)[0] if thresholds is None else class_bits(probs, thresholds)
+def save_prediction(out: Path, stem: str, probs: torch.Tensor, save_probs: bool, multilabel: bool = False) -> np.ndarray:
+    """labels/<stem>.png (argmax; multilabel: the map of class bits above 0.5, `make tune` may pick
+    other thresholds, which `make submission` applies to the saved probabilities) and, when asked,
+    probs/<stem>.npz (float16); returns the label map."""
+    label = threshold_bits(probs.numpy(), [0.5] * len(probs)) if multilabel else top_class(probs)[0]
     save_png(out / "labels" / f"{stem}.png", label)
     if save_probs:
         write_with(out / "probs" / f"{stem}.npz",

@@ -12,7 +12,7 @@ from pipeline.data.pool import fold_indices, labelled_pool
 from pipeline.engine.runtime import Runtime
 from pipeline.errors import DataError
 from pipeline.inference.analysis import WorstImages, write_report
-from pipeline.inference.ensemble import Ensemble, Member, save_prediction, thresholds
+from pipeline.inference.ensemble import Ensemble, Member, save_prediction
 from pipeline.io import write_json
 
 
@@ -20,8 +20,7 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
     pool, table = labelled_pool(cfg)
     C, ign = cfg.data.num_classes, cfg.data.ignore_index
     pooled, per_fold, fold_iou, n = competition_metric(cfg), {}, {}, 0
-    multilabel = cfg.competition.task == "multilabel"
-    # float16 OOF probabilities next to the OOF labels: always for multilabel (make tune picks thresholds)
+    multilabel = cfg.competition.multilabel  # its OOF probabilities are always kept: make tune picks thresholds
     worst = WorstImages(cfg.infer.analysis_images)
     for fold, members in sorted(by_fold.items()):
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
@@ -29,7 +28,7 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
         ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap, multilabel)
         preds = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
         for i, p, truth in preds:
-            label = save_prediction(out, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, thresholds(cfg))
+            label = save_prediction(out, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel)
             pooled.update(label, truth)
             meter.update(label, truth)
             if not multilabel:  # the error-analysis page draws one class per pixel
