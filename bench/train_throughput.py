@@ -1,7 +1,12 @@
-"""Training throughput (img/s) of one model with and without AMP + channels_last, built with the
-pipeline's own model, optimiser-group and loss builders. Writes a JSON result file.
+"""Training throughput (img/s) with and without AMP + channels_last, built with the pipeline's own
+model, optimiser-group and loss builders. Writes a JSON result file.
 
-    python bench/train_throughput.py --arch Unet --encoder resnet34 --size 512 --batch 16
+    python bench/train_throughput.py --arch Unet --encoder resnet34 --size 512 --batch 16      # GPU
+    python bench/train_throughput.py --cpu --encoders resnet18 resnet34 tu-tf_efficientnet_lite0 --size 256 --batch 8
+
+CPU mode: fp32 vs bf16 x NCHW vs channels_last for each encoder, the measurements interleaved
+round by round (each configuration once per round, best round kept), so that a slower moment of a
+shared machine does not fall on one configuration only.
 """
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ from pipeline.config import LossTerm, ModelConfig, TrainConfig  # noqa: E402
 from pipeline.engine.losses import build_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.engine.optim import build_optimizer  # noqa: E402
-from pipeline.engine.runtime import amp_dtype  # noqa: E402
+from pipeline.engine.runtime import amp_dtype, cpu_has_native_bf16  # noqa: E402
+from bench.common import machine  # noqa: E402
 
 
-def measure(arch, encoder, size, batch, steps, warmup, amp, channels_last, compile_, device, classes=12):
+def make_step(arch, encoder, size, batch, amp, channels_last, compile_, device, classes=12):
     torch.manual_seed(0)
     model = build_model(ModelConfig("bench", arch, encoder), classes).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -44,6 +50,11 @@ def measure(arch, encoder, size, batch, steps, warmup, amp, channels_last, compi
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
+    return step, dtype
+
+
+def measure(arch, encoder, size, batch, steps, warmup, amp, channels_last, compile_, device, classes=12):
+    step, dtype = make_step(arch, encoder, size, batch, amp, channels_last, compile_, device, classes)
     for _ in range(warmup):
         step()
     if device.type == "cuda":
@@ -60,6 +71,34 @@ def measure(arch, encoder, size, batch, steps, warmup, amp, channels_last, compi
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
 
 
+def cpu_grid(a) -> dict:
+    """Every (encoder, amp, memory format) on the CPU, interleaved round by round."""
+    configs = [(enc, amp, cl) for enc in a.encoders for amp in ("off", "bf16") for cl in (False, True)]
+    steps = {c: make_step(a.arch, c[0], a.size, a.batch, c[1], c[2], False, torch.device("cpu")) for c in configs}
+    for c in configs:  # warm-up: oneDNN picks its kernels on the first calls
+        for _ in range(a.warmup):
+            steps[c][0]()
+    best = {c: float("inf") for c in configs}
+    for _ in range(a.rounds):
+        for c in configs:
+            t = time.perf_counter()
+            for _ in range(a.steps):
+                steps[c][0]()
+            best[c] = min(best[c], (time.perf_counter() - t) / a.steps)
+    rows = []
+    for enc in a.encoders:
+        base = best[(enc, "off", False)]
+        for amp in ("off", "bf16"):
+            for cl in (False, True):
+                dt = best[(enc, amp, cl)]
+                rows.append({"encoder": enc, "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl,
+                             "img_per_s": round(a.batch / dt, 2), "step_ms": round(1000 * dt, 1),
+                             "speedup_vs_fp32_nchw": round(base / dt, 2)})
+    return {"bench": "train_throughput_cpu", "arch": a.arch, "size": a.size, "batch": a.batch, "steps": a.steps,
+            "rounds": a.rounds, "native_bf16": cpu_has_native_bf16(), "machine": machine(),
+            "when": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="Unet")
@@ -70,7 +109,17 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
     p.add_argument("--out", default=None)
+    p.add_argument("--cpu", action="store_true", help="CPU grid: fp32/bf16 x NCHW/channels_last per encoder")
+    p.add_argument("--encoders", nargs="+", default=["resnet18", "resnet34", "tu-tf_efficientnet_lite0"])
+    p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
+    if a.cpu:
+        result = cpu_grid(a)
+        print(json.dumps(result, indent=2))
+        out = Path(a.out or "bench/results/train_throughput_cpu.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     modes = [("off", False, False), ("auto", True, False)]

@@ -52,7 +52,7 @@ def _train_all(cfg, named, dist):
     from pipeline import train
     from pipeline.data.pool import read_folds
 
-    for k in sorted(read_folds(cfg)["fold"].unique()):
+    for k in sorted(k for k in read_folds(cfg)["fold"].unique() if k >= 0):  # -1: train-only images
         train.run(dataclasses.replace(cfg, fold=int(k)), dist)
 
 

@@ -11,23 +11,12 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from pipeline.config import Config
+from pipeline.data.groups import TRAIN_ONLY, explicit_folds, group_keys, split_tails, validation_kind
 from pipeline.data.sources import open_split
 from pipeline.errors import DataError
 from pipeline.io import write_json, write_text
 
 log = logging.getLogger(__name__)
-
-
-def group_keys(stems: list[str], pattern: str) -> list[str]:
-    """Group of each image: the first capture group of `pattern` (or the whole match) in its stem."""
-    rx = re.compile(pattern)
-    out = []
-    for s in stems:
-        m = rx.search(s)
-        if m is None:
-            raise DataError(f"folds.group_regex {pattern!r} does not match image {s!r}")
-        out.append(m.group(1) if rx.groups else m.group(0))
-    return out
 
 
 def assign_folds(presence: np.ndarray, k: int, seed: int, groups: list[str] | None = None) -> np.ndarray:
@@ -80,11 +69,19 @@ def run(cfg: Config) -> pd.DataFrame:
         splits += [split] * len(src)
         parts.append(src.presence())
     presence = np.concatenate(parts)
-    groups = group_keys(stems, cfg.folds.group_regex) if cfg.folds.group_regex else None
-    folds = assign_folds(presence, cfg.folds.k, cfg.folds.seed, groups)
+    fc = cfg.folds
+    groups = group_keys(stems, fc.group_regex) if fc.group_regex else None
+    if groups is not None and fc.tail:
+        groups = split_tails(stems, groups, fc.order_regex, fc.tail)
+    if fc.assign:
+        folds = explicit_folds(groups, fc.assign)
+    else:
+        folds = assign_folds(presence, fc.k, fc.seed, groups)
     df = pd.DataFrame({"image_id": stems, "fold": folds, "split": splits})
     if groups is not None:
         df["group"] = groups
+        by_fold = df.groupby("fold")["group"].unique().to_dict()
+        df["kind"] = [validation_kind(g, f, by_fold) for g, f in zip(groups, folds)]
     if cfg.folds.holdout:
         hold = open_split(cfg.data, cfg.folds.holdout)
         extra = pd.DataFrame({"image_id": [r.stem for r in hold.records], "fold": cfg.folds.k,
@@ -102,14 +99,18 @@ def run(cfg: Config) -> pd.DataFrame:
     if df["image_id"].duplicated().any():
         dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
         raise DataError(f"image id {dup!r} appears twice across the folded splits")
-    bal = balance(presence, df["fold"].to_numpy())
+    scored = (df["fold"] != TRAIN_ONLY).to_numpy()
+    bal = balance(presence[scored], df["fold"].to_numpy()[scored])
     out = cfg.out_dir
     write_text(cfg.folds_csv, df.to_csv(index=False))
     write_text(out / "folds_balance.csv", bal.to_csv(index=False))
     listing = "\n".join(f"{s}/{i}" for s, i in zip(df["split"], df["image_id"])).encode()
-    write_json(out / "folds_meta.json", {"k": cfg.folds.k, "seed": cfg.folds.seed, "group_regex": cfg.folds.group_regex,
-                                         "holdout": cfg.folds.holdout, "images": len(df),
+    write_json(out / "folds_meta.json", {"k": fc.k, "seed": fc.seed, "group_regex": fc.group_regex,
+                                         "holdout": fc.holdout, "order_regex": fc.order_regex, "tail": dict(fc.tail),
+                                         "assign": dict(fc.assign), "images": len(df),
                                          "images_sha1": hashlib.sha1(listing).hexdigest()})
-    log.info("folds: %d images in %d folds -> %s\n%s", len(df), df["fold"].nunique(), cfg.folds_csv,
+    if "kind" in df:
+        log.info("folds: validation images by kind:\n%s", df.groupby(["fold", "kind", "group"]).size().to_string())
+    log.info("folds: %d images in %d folds -> %s\n%s", len(df), int((df["fold"].unique() >= 0).sum()), cfg.folds_csv,
              bal[["fold", "images", "max_rel_deviation"]].to_string(index=False))
     return df

@@ -33,11 +33,15 @@ def run(cfg: Config) -> dict:
                     "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test),
                     "metric": cfg.competition.metric, "cv_score": None, "cv_miou": None}
         if cfg.infer.oof and by_fold:  # OOF figures always come from the fold models
-            manifest.update(predict_oof(cfg, by_fold, rt, tta, out / "oof"))
+            manifest.update(predict_oof(cfg, by_fold, rt, tta, out / "oof", [r.stem for r in test.records]))
         out = folder.commit(manifest)
     cv = ""
     if manifest["cv_score"] is not None:
-        cv = (f", CV {manifest['metric']} {manifest['cv_score']:.4f} (OOF pooled; per fold "
+        cv = (f", CV {manifest['metric']} {manifest['cv_pooled']:.4f} (OOF pooled; per fold "
               f"{manifest['cv_fold_mean']:.4f} ± {manifest['cv_fold_std']:.4f})")
+        if manifest["cv_score_kind"] == "test_matched":
+            low, high = manifest["cv_interval"]
+            cv += (f"; test-matched CV {manifest['cv_score']:.4f} (90% interval {low:.4f}..{high:.4f}): "
+                   "the figure that estimates the leaderboard")
     log.info("infer: %d test images x %d model(s) x %d TTA view(s) -> %s%s", len(test), len(members), len(tta), out, cv)
     return manifest

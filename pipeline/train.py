@@ -24,7 +24,7 @@ from pipeline.engine.trackers import TRACKERS
 from pipeline.engine.trainer import Trainer, steps_per_epoch
 from pipeline.errors import TrainingError
 from pipeline.io import write_json
-from pipeline.models import build_model
+from pipeline.models import build_model, input_norm
 
 log = get_logger(__name__)
 
@@ -100,7 +100,8 @@ def _rare(cfg: Config, stats) -> list[int]:
 
 def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]):
     tc, dist = cfg.train, rt.dist
-    transform = train_transform(tc, cfg.data.ignore_index, rare, cfg.data.num_classes)
+    norm = input_norm(cfg.model.encoder_name, cfg.model.arch)
+    transform = train_transform(tc, cfg.data.ignore_index, rare, cfg.data.num_classes, norm)
     if tc.tile:
         bg = cfg.competition.background  # its value in a label map (multilabel: the background's bit alone)
         bg = 1 << bg if cfg.competition.multilabel else bg
@@ -118,9 +119,9 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
     if not val_idx:  # the full-data refit
         return train_loader, None
     if tc.tile:
-        val_ds = GridTiles(cache, val_idx[dist.rank::dist.world], tc.tile, eval_transform(tc))
+        val_ds = GridTiles(cache, val_idx[dist.rank::dist.world], tc.tile, eval_transform(tc, norm))
     else:
-        val_ds = SegDataset(pool, val_idx[dist.rank::dist.world], eval_transform(tc))
+        val_ds = SegDataset(pool, val_idx[dist.rank::dist.world], eval_transform(tc, norm))
     return train_loader, DataLoader(val_ds, tc.batch_size, num_workers=tc.num_workers, collate_fn=collate, pin_memory=cuda)
 
 

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from pipeline.data.coco import DataError
-from pipeline.folds import assign_folds, balance, group_keys
+from pipeline.data.groups import group_keys
+from pipeline.folds import assign_folds, balance
 
 
 def presence(n=120, c=6, seed=0):

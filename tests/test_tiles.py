@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.competition import rle
-from pipeline.data.dataset import MEAN, STD
+from pipeline.data.dataset import IMAGENET
 from pipeline.data.tiles import DecodedCache, GridTiles, TileDataset, foreground_sample
 from pipeline.pixels import class_counts
 
@@ -83,7 +83,7 @@ def test_an_edited_source_file_gets_a_new_cache_entry(tmp_path):
 
 
 def _plain():
-    return A.Compose([A.Normalize(MEAN, STD)])
+    return A.Compose([A.Normalize(*IMAGENET)])
 
 
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])

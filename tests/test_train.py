@@ -50,10 +50,14 @@ def _cli(cfg_args, tmp_path, *extra, check=True, kill_at=None):
     return p
 
 
-def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path, amp):
+    """fp32, and bf16 autocast on the CPU: checkpoints stay fp32, and the resumed run ends where the
+    straight one does, bit for bit."""
     fold_cfg()  # writes folds.csv under tmp_path/outputs
     base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "train.progress=false",
-            *TINY, "train.epochs=3", "train.augment=[{name: HorizontalFlip, p: 0.5}]", "train.ema_decay=0.9"]
+            *TINY, "train.epochs=3", "train.augment=[{name: HorizontalFlip, p: 0.5}]", "train.ema_decay=0.9",
+            f"train.amp={amp}"]
     _cli(base + ["name=straight"], tmp_path)
     killed = _cli(base + ["name=killed"], tmp_path, check=False, kill_at=6)
     assert killed.returncode == -9  # SIGKILL in the middle of epoch 2 (4 steps per epoch)
@@ -66,6 +70,7 @@ def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path):
     assert a["epoch"] == b["epoch"] == 2
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+        assert not a["model"][k].is_floating_point() or a["model"][k].dtype == torch.float32, k
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
 

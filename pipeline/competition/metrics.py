@@ -160,19 +160,29 @@ class IoUMeter:
             for t in (self.inter, self.union, self.counts, self.confusion, self.image_sums, self.class_sums):
                 dist.all_reduce(t)
 
+    STATE = ("inter", "union", "counts", "confusion", "image_sums", "class_sums")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The additive statistics behind `compute()`, as float64 arrays: the sum of two meters' states
+        is the state of one meter that saw both; a weighted sum weights images (test-matched CV)."""
+        return {k: getattr(self, k).detach().cpu().numpy().astype(np.float64) for k in self.STATE}
+
+    def load_state(self, state: dict) -> "IoUMeter":
+        for k in self.STATE:
+            setattr(self, k, torch.as_tensor(np.asarray(state[k], dtype=np.float64)))
+        return self
+
     def compute(self) -> dict:
         """miou, iou (per class), pixel_acc, and the metric's own `score` and `per_class`."""
         inter, union = self.inter.cpu().numpy(), self.union.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-        correct, valid = (int(v) for v in self.counts.cpu())
+        iou = np.divide(inter, union, out=np.full(len(inter), np.nan), where=union > 0)
+        correct, valid = (float(v) for v in self.counts.cpu())
         out = {"miou": mean_iou(iou), "iou": iou, "pixel_acc": correct / valid if valid else float("nan"),
                "score": mean_iou(iou), "per_class": iou}
         if self.per_image:
             total, images = (float(v) for v in self.image_sums.cpu())
             sums = self.class_sums.cpu().numpy()
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out["per_class"] = np.where(sums[:, 1] > 0, sums[:, 0] / np.maximum(sums[:, 1], 1), np.nan)
+            out["per_class"] = np.divide(sums[:, 0], sums[:, 1], out=np.full(len(sums), np.nan), where=sums[:, 1] > 0)
             out["score"] = total / images if images else float("nan")
         return out
 

@@ -290,6 +290,7 @@ def _validate(cfg: Config) -> None:
             re.compile(f.group_regex)
         except re.error as e:
             raise ConfigError(f"folds.group_regex: {f.group_regex!r} is not a regular expression ({e})") from None
+    _check_fold_scheme(f)
     if t.epochs < 1 or t.batch_size < 1 or t.accum_steps < 1 or t.val_every < 1:
         raise ConfigError("train.epochs, train.batch_size, train.accum_steps and train.val_every must be >= 1")
     if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
@@ -382,3 +383,26 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def config_to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)), sort_keys=False)
+
+
+def _check_fold_scheme(f) -> None:
+    if f.order_regex is not None:
+        try:
+            re.compile(f.order_regex)
+        except re.error as e:
+            raise ConfigError(f"folds.order_regex: {f.order_regex!r} is not a regular expression ({e})") from None
+    if (f.tail or f.assign) and f.group_regex is None:
+        raise ConfigError("folds.tail and folds.assign need folds.group_regex (they name groups)")
+    if f.tail and f.order_regex is None:
+        raise ConfigError("folds.tail needs folds.order_regex (the frame order that says which frames are latest)")
+    for g in (*f.tail, *f.assign):
+        if not isinstance(g, str):
+            raise ConfigError(f"folds.tail/assign: {g!r} is not a group name (YAML read it as a number: quote it)")
+    for g, share in f.tail.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise ConfigError(f"folds.tail: {g}: {share!r} must be a share of the group's frames, 0 < share < 1")
+    for g, k in f.assign.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < f.k:
+            raise ConfigError(f"folds.assign: {g}: {k!r} must be a fold index 0..{f.k - 1}")
+    if f.assign and sorted(set(f.assign.values())) != list(range(f.k)):
+        raise ConfigError(f"folds.assign: every fold 0..{f.k - 1} needs a group (got {sorted(set(f.assign.values()))})")

@@ -49,6 +49,12 @@ class FoldsConfig:
     group_regex: str | None = None  # first capture group (or whole match) of the image stem
     splits: tuple[str, ...] = ("train",)  # labelled splits pooled before folding (e.g. [train, val])
     holdout: str | None = None  # a split kept whole as one extra fold (warned about when it shares groups)
+    # Folds that mirror how the test set relates to the training data (see folds.py): the frame
+    # order inside a group, the latest share of a group's frames split off as "<group>@tail", and
+    # an explicit fold per group (groups not listed train in every fold and are never validated)
+    order_regex: str | None = None  # first capture group: the frame number (compared as an integer)
+    tail: dict = field(default_factory=dict)  # group -> share of its frames (0..1), the latest by order_regex
+    assign: dict = field(default_factory=dict)  # group (or "<group>@tail") -> fold index
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,8 @@ class TrainConfig:
     swa_epochs: int = 0  # average the weights of the last N epochs (BN statistics recomputed) -> swa.pt
     pseudo: str | None = None  # add the pseudo-labels of outputs/<data>/pseudo/<this name> to training (never validation)
     init_from: str | None = None  # start from another run's weights: "<exp>/fold<k>", "<exp>/all" or a .pt file
-    amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16) | bf16 | fp16 | off
-    channels_last: bool = True
+    amp: str = "auto"  # auto (GPU: bf16 where supported, else fp16; CPU: bf16 with AMX/AVX512-BF16, else off) | bf16 | fp16 | off
+    channels_last: bool = True  # NHWC on GPUs and CPUs alike (oneDNN's convolutions prefer it too)
     compile: bool = False
     patience: int | None = None  # early stopping, in validations without a better val score (competition.metric)
     val_every: int = 1  # validate every N epochs (and always after the last)

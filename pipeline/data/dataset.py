@@ -14,7 +14,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.data.sources import Source
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # (mean, std); an encoder may need its own
 
 
 def _augmentation(spec: dict) -> A.BasicTransform:
@@ -28,9 +28,11 @@ def _augmentation(spec: dict) -> A.BasicTransform:
         raise ConfigError(f"train.augment: {name}: {str(e).splitlines()[0]}") from None
 
 
-def train_transform(tc: TrainConfig, ignore_index: int, rare: list[int] = (), num_classes: int = 0) -> A.Compose:
+def train_transform(tc: TrainConfig, ignore_index: int, rare: list[int] = (), num_classes: int = 0,
+                    norm: tuple = IMAGENET) -> A.Compose:
     """Resize, augmentations, then the crop: with probability train.rare_crop a crop that contains
-    pixels of the `rare` classes (when the image has any), else a uniform random crop."""
+    pixels of the `rare` classes (when the image has any), else a uniform random crop. `norm`: the
+    encoder's input (mean, std)."""
     steps = []
     if tc.resize:
         steps.append(A.Resize(*tc.resize))
@@ -44,12 +46,12 @@ def train_transform(tc: TrainConfig, ignore_index: int, rare: list[int] = (), nu
                          if tc.rare_crop < 1 else near_rare)
         else:
             steps.append(A.RandomCrop(*tc.crop))
-    steps.append(A.Normalize(MEAN, STD))
+    steps.append(A.Normalize(*norm))
     return A.Compose(steps)
 
 
-def eval_transform(tc: TrainConfig) -> A.Compose:
-    return A.Compose(([A.Resize(*tc.resize)] if tc.resize else []) + [A.Normalize(MEAN, STD)])
+def eval_transform(tc: TrainConfig, norm: tuple = IMAGENET) -> A.Compose:
+    return A.Compose(([A.Resize(*tc.resize)] if tc.resize else []) + [A.Normalize(*norm)])
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

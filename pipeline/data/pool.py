@@ -71,7 +71,7 @@ def fold_indices(table: pd.DataFrame, fold: int, where: str = "folds.csv") -> tu
     """(train, validation) pool indices of one fold; the refit (REFIT) trains on all, validates on none."""
     if fold == REFIT:
         return table["index"].tolist(), []
-    known = sorted(int(k) for k in set(table["fold"]))
+    known = sorted(int(k) for k in set(table["fold"]) if k >= 0)  # -1: trains in every fold
     if fold not in known:
         raise DataError(f"fold {fold} is not in {where} (folds: {known})")
     return (table.loc[table["fold"] != fold, "index"].tolist(), table.loc[table["fold"] == fold, "index"].tolist())

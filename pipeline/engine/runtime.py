@@ -52,8 +52,22 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16, as oneDNN sees them: where bf16 matmuls and convolutions run natively
+    (elsewhere bf16 is emulated and slower than fp32)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def amp_dtype(mode: str, device: torch.device):
-    if device.type != "cuda" or mode == "off":
+    """The autocast dtype, or None for fp32. `auto`: bf16 on GPUs that have it (else fp16) and on
+    CPUs with native bf16; fp32 on other CPUs."""
+    if mode == "off":
+        return None
+    if device.type == "cpu":
+        if mode == "fp16":
+            raise TrainingError("train.amp=fp16 on the CPU: use bf16 (native on CPUs with AMX or AVX512-BF16) or off")
+        if mode == "bf16" or (mode == "auto" and cpu_has_native_bf16()):
+            return torch.bfloat16
         return None
     if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
@@ -98,7 +112,7 @@ class Runtime:
             torch.cuda.set_device(device)
             torch.backends.cudnn.benchmark = True
         seed_everything(tc.seed)
-        return cls(device, amp_dtype(tc.amp, device), tc.channels_last and device.type == "cuda", dist)
+        return cls(device, amp_dtype(tc.amp, device), tc.channels_last, dist)
 
     def to_device(self, x: torch.Tensor, image: bool = False) -> torch.Tensor:
         fmt = torch.channels_last if (image and self.channels_last) else torch.preserve_format

@@ -23,7 +23,7 @@ from pipeline.io import save_png, write_with
 from pipeline.pixels import threshold_bits
 from pipeline.inference.tta import predict_probs
 from pipeline.inference.window import assemble, sliding_window
-from pipeline.models import build_model
+from pipeline.models import build_model, input_norm
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,10 @@ def find_members(cfg: Config) -> tuple[dict[int, list[Member]], list[Member]]:
 
 
 def load_model(path: Path, device: torch.device):
+    """The network built bare (no pretrained encoder file: the checkpoint holds every weight), then
+    the checkpoint's weights."""
     state = checkpoint.load_weights(path)
-    model = build_model(ModelConfig(**state["model_cfg"]), len(state["classes"]))
+    model = build_model(ModelConfig(**state["model_cfg"]), len(state["classes"]), pretrained=False)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 
@@ -114,7 +116,9 @@ class Ensemble:
             if window is not None and resize is not None:
                 raise ConfigError(f"infer.window: {m.path} was trained on images resized to {list(resize)}; "
                                   "windows are cut at the image's own scale")
-            self.models.append((model, str(resize), m.weight, eval_transform(TrainConfig(resize=resize))))
+            mc = state["model_cfg"]
+            norm = input_norm(mc["encoder_name"], mc["arch"])
+            self.models.append((model, f"{resize}/{norm}", m.weight, eval_transform(TrainConfig(resize=resize), norm)))
         self.transforms = {key: t for _, key, _, t in self.models}
         self.total_weight = sum(w for _, _, w, _ in self.models)
         self.num_classes = len(state["classes"]) if members else 0

@@ -8,16 +8,22 @@ import numpy as np
 
 from pipeline.competition.metrics import competition_metric
 from pipeline.config import Config
+from pipeline.data.groups import group_keys
 from pipeline.data.pool import fold_indices, labelled_pool
 from pipeline.engine.runtime import Runtime
 from pipeline.errors import DataError
 from pipeline.inference.analysis import WorstImages, write_report
+from pipeline.inference.cv_estimate import blocks_of, kinds_of_test, matched_estimate
 from pipeline.inference.ensemble import Ensemble, Member, save_prediction
 from pipeline.io import write_json
 
 
-def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta, out: Path) -> dict:
+def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta, out: Path,
+                test_stems: list[str] = ()) -> dict:
+    """OOF predictions and the CV: pooled, per fold, and (when folds.csv says how each validation
+    image relates to its fold's training images) the test-matched estimate for `test_stems`."""
     pool, table = labelled_pool(cfg)
+    image_states, stems = [], []
     C, ign = cfg.data.num_classes, cfg.data.ignore_index
     pooled, per_fold, fold_iou, n = competition_metric(cfg), {}, {}, 0
     multilabel = cfg.competition.multilabel  # its OOF probabilities are always kept: make tune picks thresholds
@@ -31,9 +37,11 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
             label = save_prediction(out, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel)
             pooled.update(label, truth)
             meter.update(label, truth)
+            image = competition_metric(cfg)
+            image.update(label, truth)
+            image_states.append(image.state())
+            stems.append(pool.records[i].stem)
             if not multilabel:  # the error-analysis page draws one class per pixel
-                image = competition_metric(cfg)
-                image.update(label, truth)
                 worst.add(image.compute()["score"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))
             n += 1
         m = meter.compute()
@@ -50,8 +58,25 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
     result = {"metric": pooled.name, "cv_score": m["score"], "cv_miou": m["miou"], "oof_images": n,
               "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
               "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
+    result.update(_test_matched(cfg, table, stems, image_states, test_stems, scored, m["score"]))
     write_json(out / "score.json", result)
     if not multilabel:
         write_report(out.parent / "analysis", worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
                      m["per_class"], fold_iou, pooled.confusion.numpy(), pooled.name)
     return result
+
+
+def _test_matched(cfg: Config, table, stems, image_states, test_stems, scored, pooled_score) -> dict:
+    """cv_score: the test-matched estimate when folds.csv has kinds, else the pooled OOF score."""
+    fallback = {"cv_pooled": pooled_score, "cv_score_kind": "pooled_oof", "cv_interval": None}
+    if "kind" not in table or not cfg.folds.group_regex or not test_stems:
+        return fallback
+    by_stem = {r.image_id: r for r in table.itertuples(index=False)}
+    kinds = [by_stem[s].kind for s in stems]
+    groups = [by_stem[s].group for s in stems]
+    tkinds = kinds_of_test(group_keys(list(test_stems), cfg.folds.group_regex), table["group"].unique())
+    est = matched_estimate(image_states, kinds, blocks_of(stems, groups), tkinds, lambda: competition_metric(cfg), scored)
+    if est["score"] is None:
+        return {**fallback, "cv_test_matched": est}
+    return {"cv_score": est["score"], "cv_pooled": pooled_score, "cv_score_kind": "test_matched",
+            "cv_interval": [est["low"], est["high"]], "cv_test_matched": est}

@@ -12,9 +12,7 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.errors import WeightsError
 from pipeline.models.deconvnet import DeconvNet
-
-
-
+from pipeline.models.pretrained import load_offline_imagenet, match_training_eps
 
 class SegModel(nn.Module):
     """Pads to `multiple`, runs the network, crops the logits back to the input size."""
@@ -75,8 +73,11 @@ def _load_encoder(net: nn.Module, cfg: ModelConfig) -> None:
                            f"missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> SegModel:
-    weights = cfg.encoder_weights
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3, pretrained: bool = True) -> SegModel:
+    """`pretrained=False` builds the bare network (inference: the checkpoint holds every weight, so
+    the encoder's pretrained file is neither read nor needed)."""
+    weights = cfg.encoder_weights if pretrained else None
+    offline = weights == "imagenet" and cfg.arch.lower() != "deconvnet"
     is_file = weights is not None and (Path(weights).suffix in (".pt", ".pth", ".bin") or "/" in str(weights))
     if cfg.arch.lower() == "deconvnet":
         net = DeconvNet(num_classes, in_channels, **cfg.params)
@@ -85,7 +86,7 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> Seg
     else:
         try:
             net = smp.create_model(cfg.arch, encoder_name=cfg.encoder_name,
-                                   encoder_weights=None if is_file else weights,
+                                   encoder_weights=None if (is_file or offline) else weights,
                                    in_channels=in_channels, classes=num_classes, **cfg.params)
         except KeyError as e:
             raise WeightsError(f"model: unknown architecture or encoder ({e})") from None
@@ -95,6 +96,9 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> Seg
                                    f"torch-hub / Hugging Face cache and there is no network ({e}). Give a local "
                                    "weights file path instead.") from None
             raise
+        match_training_eps(net.encoder, cfg.encoder_name)
+    if offline:
+        load_offline_imagenet(net.encoder, cfg.encoder_name)
     if is_file:
         _load_encoder(net, cfg)
     return SegModel(net, cfg.pad_multiple)

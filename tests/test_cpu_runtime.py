@@ -1,0 +1,82 @@
+"""The CPU as a first-class device: bf16 autocast where the CPU has native bf16 (or when asked),
+channels_last on the CPU, and a trainer whose eval/EMA model matches the training model's layout."""
+import copy
+
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.engine.runtime import Runtime, amp_dtype, cpu_has_native_bf16
+from pipeline.errors import TrainingError
+from pipeline.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def test_amp_modes_on_the_cpu():
+    assert amp_dtype("off", CPU) is None
+    assert amp_dtype("bf16", CPU) is torch.bfloat16
+    assert amp_dtype("auto", CPU) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(TrainingError, match="fp16 on the CPU"):
+        amp_dtype("fp16", CPU)
+
+
+def test_runtime_applies_channels_last_on_the_cpu():
+    rt = Runtime.create(TrainConfig(device="cpu", amp="bf16", channels_last=True))
+    assert rt.dtype is torch.bfloat16 and rt.channels_last
+    model = rt.prepare(build_model(ModelConfig("t", "Unet", "resnet18"), 3))
+    conv = model.net.encoder.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = rt.to_device(torch.randn(2, 3, 32, 32), image=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with rt.autocast():
+        assert model(x).dtype is torch.bfloat16
+    off = Runtime.create(TrainConfig(device="cpu", amp="off", channels_last=False))
+    assert off.dtype is None and not off.channels_last
+
+
+def _one_step(rt: Runtime, seed=0):
+    torch.manual_seed(seed)
+    model = rt.prepare(build_model(ModelConfig("t", "Unet", "resnet18"), 3))
+    before = copy.deepcopy(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = rt.to_device(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), image=True)
+    y = torch.randint(0, 3, (2, 32, 32), generator=torch.Generator().manual_seed(2))
+    with rt.autocast():
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    loss.backward()
+    opt.step()
+    return before, model.state_dict()
+
+
+def test_a_bf16_cpu_step_changes_the_fp32_weights():
+    before, after = _one_step(Runtime.create(TrainConfig(device="cpu", amp="bf16")))
+    changed = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    assert changed, "a bf16 step left every weight unchanged"
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+
+
+def test_the_fp32_path_is_plain_fp32():
+    """amp=off computes exactly what a loop with no autocast computes."""
+    _, a = _one_step(Runtime.create(TrainConfig(device="cpu", amp="off", channels_last=False)))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("t", "Unet", "resnet18"), 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (2, 32, 32), generator=torch.Generator().manual_seed(2))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, a[k]), k
+
+
+def test_ema_model_keeps_the_training_layout():
+    """Validation runs the EMA copy: it must be channels_last like the model it averages."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    rt = Runtime.create(TrainConfig(device="cpu", amp="bf16", channels_last=True))
+    model = rt.prepare(build_model(ModelConfig("t", "Unet", "resnet18"), 3))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    ema.update_parameters(model)
+    w = ema.module.net.encoder.conv1.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and w.dtype == torch.float32
