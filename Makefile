@@ -16,11 +16,12 @@ CONFIG ?=
 FOLD   ?=
 ARGS   ?=
 SUB    ?=
+PUBLIC ?=
 NPROC  ?= 2
 RUN    := $(PY) -m pipeline
 COMMON  = $(if $(CONFIG),config=$(CONFIG),data=$(DATA) model=$(MODEL) $(if $(EXP),exp=$(EXP))) $(if $(NAME),name=$(NAME)) $(ARGS)
 
-.PHONY: install demo demo-data check eda folds train train-all train-ddp infer-tta tune pseudo submission score test bench camvid clean-demo
+.PHONY: lb lb-add pick export install demo demo-data check eda folds train train-all train-ddp infer-tta tune pseudo submission score test bench camvid clean-demo
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -73,6 +74,22 @@ submission: install
 
 score: install
 	$(RUN) score $(COMMON) $(if $(SUB),sub=$(SUB))
+
+# the public leaderboard score beside CV (PUBLIC read off the competition page), and the final pick
+lb: install
+	$(RUN) lb $(COMMON)
+
+lb-add: install
+	$(RUN) lb add $(SUB) public=$(PUBLIC) $(COMMON)
+
+K ?= 2
+pick: install
+	$(RUN) pick k=$(K) $(COMMON)
+
+# an offline inference bundle for code competitions (OUT: the folder to write)
+OUT ?= bundle
+export: install
+	$(RUN) export out=$(OUT) $(if $(HALF),half) $(COMMON)
 
 demo: install demo-data
 	$(MAKE) --no-print-directory check eda folds train-all infer-tta tune submission score DATA=$(DATA) EXP=$(DATA)

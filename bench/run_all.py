@@ -33,10 +33,11 @@ def report() -> str:
         m = r.get("machine", {})
         where = m.get("gpu") or r.get("device") or m.get("cpu", "?")
         lines += [f"## {name} ({path.stem.rsplit('_', 1)[-1]})", "",
+                  f"- command: `{r['command']}`" if r.get("command") else
                   f"- command: `python bench/{name}.py`" + (" (see script for arguments)" if name == "train_throughput" else ""),
                   f"- machine: {where}; {m.get('cpus', '?')} CPUs; torch {m.get('torch', r.get('torch', '?'))}; "
                   f"measured {r.get('when', '?')}", ""]
-        flat = {k: v for k, v in r.items() if k not in ("bench", "machine", "results", "when")}
+        flat = {k: v for k, v in r.items() if k not in ("bench", "machine", "results", "when", "command")}
         if flat:
             lines += [f"- {k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in flat.items()] + [""]
         if r.get("results"):
@@ -52,10 +53,9 @@ def main():
         import torch
 
         for s in SCRIPTS:
-            if s == "train_throughput.py" and not torch.cuda.is_available():
-                continue  # a 512x512 training benchmark is a GPU measurement
+            extra = ["--cpu"] if s == "train_throughput.py" and not torch.cuda.is_available() else []
             print(f"== {s}", flush=True)
-            rc = subprocess.call([sys.executable, str(HERE / s)])
+            rc = subprocess.call([sys.executable, str(HERE / s), *extra])
             if rc:
                 print(f"{s} exited {rc}")
     (HERE / "RESULTS.md").write_text(report())

@@ -94,7 +94,9 @@ def cpu_grid(a) -> dict:
                 rows.append({"encoder": enc, "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl,
                              "img_per_s": round(a.batch / dt, 2), "step_ms": round(1000 * dt, 1),
                              "speedup_vs_fp32_nchw": round(base / dt, 2)})
-    return {"bench": "train_throughput_cpu", "arch": a.arch, "size": a.size, "batch": a.batch, "steps": a.steps,
+    command = (f"python bench/train_throughput.py --cpu --encoders {' '.join(a.encoders)} --size {a.size} "
+               f"--batch {a.batch} --steps {a.steps} --rounds {a.rounds}")
+    return {"bench": "train_throughput_cpu", "command": command, "arch": a.arch, "size": a.size, "batch": a.batch, "steps": a.steps,
             "rounds": a.rounds, "native_bf16": cpu_has_native_bf16(), "machine": machine(),
             "when": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
 

@@ -7,13 +7,18 @@ import dataclasses
 import time
 from pathlib import Path
 
+from pipeline.competition.leaderboard import read_leaderboard
+from pipeline.competition.postprocess import rules_problems
+from pipeline.competition.truth import truth_problems
 from pipeline.config import Config
 from pipeline.data.coco import load_coco
-from pipeline.data.pool import labelled_pool
+from pipeline.data.pool import folds_problems, labelled_pool
 from pipeline.data.sources import open_split
 from pipeline.data.stats import check_label_share, label_stats
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError
+from pipeline.inference.outdir import read_manifest
+from pipeline.io import read_json
 
 log = get_logger(__name__)
 SHOWN = 20  # problems listed per split; the count is always complete
@@ -54,6 +59,15 @@ def check_split(cfg: Config, split: str) -> tuple[int, list[str]]:
     return len(src), problems
 
 
+def _report(report: dict, name: str, problems: list[str]) -> None:
+    report[name] = {"problems": problems}
+    log.info("check: %s: %d problem(s)", name, len(problems))
+    for p in problems[:SHOWN]:
+        log.info("  %s", p)
+    if len(problems) > SHOWN:
+        log.info("  ... and %d more", len(problems) - SHOWN)
+
+
 def run(cfg: Config) -> dict:
     t0, report = time.time(), {}
     for split in ("train", "val", "test", "truth"):
@@ -67,14 +81,48 @@ def run(cfg: Config) -> dict:
         if len(problems) > SHOWN:
             log.info("  ... and %d more", len(problems) - SHOWN)
     if cfg.folds_csv.exists():
-        try:
-            labelled_pool(cfg)
-            report["folds"] = {"problems": []}
-        except DataError as e:
-            report["folds"] = {"problems": [str(e)]}
-            log.info("check: folds: %s", e)
+        splits = set(cfg.folds.splits) | ({cfg.folds.holdout} if cfg.folds.holdout else set())
+        _, problems = folds_problems(cfg.folds_csv, splits)
+        if not problems:
+            try:
+                labelled_pool(cfg)
+            except DataError as e:
+                problems = [str(e)]
+        _report(report, "folds", problems)
+    _check_hand_edited(cfg, report)
     total = sum(len(r["problems"]) for r in report.values())
     log.info("check: %d problem(s) in %.1fs", total, time.time() - t0)
     if total:
         raise DataError(f"{total} problem(s) in the data of {cfg.data.name} (listed above)")
     return report
+
+
+def _check_hand_edited(cfg: Config, report: dict) -> None:
+    """The files people edit by hand that later stages read, through the same readers they use."""
+    if cfg.data.truth is not None and cfg.data.test is not None and not report.get("truth", {}).get("problems"):
+        try:
+            truth = [r.stem for r in open_split(cfg.data, "truth").records]
+            test = [r.stem for r in open_split(cfg.data, "test", labelled=False).records]
+            _report(report, "truth vs test list", truth_problems(truth, test, f"data.truth ({cfg.data.root})"))
+        except DataError as e:
+            _report(report, "truth vs test list", [str(e)])
+    preds = cfg.preds_dir()
+    if preds.is_dir():
+        problems = []
+        for read in (lambda: read_manifest(preds), lambda: _rules(preds / "postprocess.json", cfg)):
+            try:
+                problems += read() or []
+            except DataError as e:
+                problems.append(str(e))
+        _report(report, f"predictions {preds}", problems)
+    board = Path(cfg.submissions) / "leaderboard.csv"
+    if board.exists():
+        try:
+            read_leaderboard(board)
+            _report(report, "leaderboard", [])
+        except DataError as e:
+            _report(report, "leaderboard", [str(e)])
+
+
+def _rules(path: Path, cfg: Config) -> list[str]:
+    return rules_problems(read_json(path), cfg.data.classes, str(path)) if path.exists() else []  # all, not the first

@@ -13,7 +13,8 @@ import time
 
 from pipeline.errors import ConfigError, SegpipeError
 
-NAMED = ("data", "model", "exp", "name", "fold", "sub", "config")
+NAMED = ("data", "model", "exp", "name", "fold", "sub", "config", "public", "replace", "k", "out")
+WORDS = ("lb", "export")  # stages that take bare words: `segpipe lb add <file> public=0.8`
 
 
 def _demo_data(cfg, named, dist):
@@ -26,12 +27,6 @@ def _demo_data(cfg, named, dist):
     extra = {"overlapping": True} if cfg.data.demo == "defects_overlap" else {}
     importlib.import_module(module).generate(cfg.data.root, **extra)
     logging.getLogger("pipeline").info("demo-data: written to %s", cfg.data.root)
-
-
-def _eda(cfg, named, dist):
-    from pipeline import eda
-
-    eda.run(cfg)
 
 
 def _stage(module: str):
@@ -62,9 +57,27 @@ def _score(cfg, named, dist):
     score.run(cfg, named["sub"])
 
 
+def _lb(cfg, named, dist):
+    from pipeline import lb
+
+    lb.run(cfg, named["words"], named)
+
+
+def _pick(cfg, named, dist):
+    from pipeline import lb
+
+    lb.run_pick(cfg, named)
+
+
+def _export(cfg, named, dist):
+    from pipeline import export
+
+    export.run(cfg, named["out"], half="half" in named["words"])
+
+
 STAGES = {"demo-data": _demo_data, "check": _stage("check"), "eda": _stage("eda"), "folds": _stage("folds"),
           "train": _train, "train-all": _train_all, "infer": _stage("infer"), "pseudo": _stage("pseudo"), "tune": _stage("tune"),
-          "submit": _stage("submit"), "score": _score}
+          "submit": _stage("submit"), "score": _score, "lb": _lb, "pick": _pick, "export": _export}
 
 
 class _Format(logging.Formatter):
@@ -84,12 +97,15 @@ def parse(argv: list[str] | None = None):
                                                "or dotted key=value overrides")
     p.add_argument("--configs", default="configs", help="config folder (default: ./configs)")
     args = p.parse_intermixed_args(argv)
-    named: dict = {"data": "demo", "model": "unet", "exp": None, "name": None, "fold": None, "sub": None, "config": None}
+    named: dict = {"data": "demo", "model": "unet", "exp": None, "name": None, "fold": None, "sub": None, "config": None,
+                   "public": None, "replace": None, "k": None, "out": None, "words": []}
     overrides = []
     for s in args.settings:
         key, eq, value = s.partition("=")
         if key in NAMED and eq:
             named[key] = value or named[key]
+        elif not eq and args.stage in WORDS:
+            named["words"].append(s)
         else:
             overrides.append(s)
     fold = None

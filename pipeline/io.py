@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from pipeline.errors import DataError
+
 
 def _atomic(path: Path, write: Callable[[Path], None], overwrite: bool = True) -> Path:
     path = Path(path)
@@ -70,3 +72,21 @@ def save_png(path: Path, array) -> Path:
 
 def save_figure(path: Path, fig) -> Path:
     return write_with(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+
+
+def read_json(path: Path, kind: type = dict, what: str = "") -> object:
+    """A JSON file a user may have edited: a malformed one is a DataError naming the file, the line
+    and the column; the top level must be `kind`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}){what}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}){what}") from None
+    if not isinstance(doc, kind):
+        raise DataError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__} at the top level, "
+                        f"got {type(doc).__name__}{what}")
+    return doc

@@ -3,7 +3,6 @@ unlabelled split; pixels below `pseudo.threshold` probability are left as the ig
 round trains with `train.pseudo=<this exp>`: the images join the training folds, never validation."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 from tqdm import tqdm
@@ -14,8 +13,8 @@ from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, top_class
 from pipeline.inference.outdir import PredictionFolder
 from pipeline.inference.tta import build_tta
-from pipeline.errors import ConfigError
-from pipeline.io import save_png
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import read_json, save_png
 from pipeline.pixels import class_counts
 
 log = get_logger(__name__)
@@ -27,7 +26,10 @@ def pseudo_round(cfg: Config, members) -> int:
     for m in members:
         used = m.path.parent / "pseudo.json"
         if used.exists():
-            rounds.append(int(json.loads(used.read_text())["round"]))
+            r = read_json(used).get("round")
+            if isinstance(r, bool) or not isinstance(r, int):
+                raise DataError(f"{used}: field 'round': expected an integer, got {r!r}")
+            rounds.append(r)
     return max(rounds) + 1
 
 

@@ -2,19 +2,21 @@
 appended to submissions/leaderboard.csv and printed ranked."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.competition.leaderboard import append_row, read_leaderboard, read_submission_meta
 from pipeline.competition.metrics import competition_metric
+from pipeline.competition.truth import truth_problems
 from pipeline.competition.submission import (class_ids, image_key, output_label, prediction_masks, read_submission,
                                              validate)
 from pipeline.config import Config
 from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
-from pipeline.io import save_figure, write_text
+from pipeline.errors import DataError
+from pipeline.io import save_figure
 
 log = get_logger(__name__)
 
@@ -37,11 +39,18 @@ def score_labels(labels_dir: Path, cfg: Config) -> float:
     return meter.compute()["score"]
 
 
+def check_truth_covers_test(truth, test: dict, cfg: Config) -> None:
+    problems = truth_problems([r.stem for r in truth.records], list(test), f"data.truth ({cfg.data.root})")
+    if problems:
+        raise DataError(" ".join(problems))
+
+
 def score_submission(path: Path, cfg: Config) -> dict:
     """The competition metric of a submission against the local truth, at the submission's size
     (truth resized with nearest neighbour when the format writes masks at a fixed size)."""
     sc, truth = cfg.submission, open_split(cfg.data, "truth")
     test = {r.stem: r for r in open_split(cfg.data, "test", labelled=False).records}
+    check_truth_covers_test(truth, test, cfg)
     classes = class_ids(cfg)
     truth_maps = {}
     for k, r in enumerate(truth.records):
@@ -79,25 +88,21 @@ def _bar_chart(result: dict, path: Path) -> None:
 def run(cfg: Config, sub: str | None = None) -> dict:
     path = Path(sub) if sub else newest_submission(cfg)
     result = score_submission(path, cfg)
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_submission_meta(path)
+    board_path = Path(cfg.submissions) / "leaderboard.csv"
+    read_leaderboard(board_path)  # a malformed leaderboard is refused before any work
     if meta.get("postprocess") is not None and Path(meta.get("preds", "")).joinpath("labels").is_dir():
         result["score_without_postprocess"] = score_labels(Path(meta["preds"]) / "labels", cfg)
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "data": cfg.data.name, "file": str(path),
            "experiments": "+".join(meta.get("experiments", [])) or meta.get("exp", ""),
            "folds": " ".join(str(f) for f in meta.get("folds", [])), "tta": " ".join(meta.get("tta", [])),
            "metric": result["metric"], "cv_score": meta.get("cv_score", meta.get("cv_miou")),
+           "cv_fold_std": meta.get("cv_fold_std"), "cv_kind": meta.get("cv_score_kind", "pooled_oof"),
            "local_score": result["score"], "local_score_raw": result.get("score_without_postprocess"),
            "cv_miou": meta.get("cv_miou"), "local_miou": result["miou"],
            "pixel_acc": result["pixel_acc"], **{f"iou_{k}": v for k, v in result["iou"].items()}}
-    board_path = Path(cfg.submissions) / "leaderboard.csv"
-    board = pd.read_csv(board_path) if board_path.exists() else pd.DataFrame()
-    board = pd.concat([board, pd.DataFrame([row])], ignore_index=True)
-    board["metric"] = board["metric"].fillna("miou")  # rows written before metrics were configurable
-    for kind in ("cv", "local"):
-        board[f"{kind}_score"] = board[f"{kind}_score"].fillna(board[f"{kind}_miou"])
     _bar_chart(result, path.with_suffix(".iou.png"))
-    write_text(board_path, board.to_csv(index=False))  # the record last, once everything else succeeded
+    board = append_row(board_path, row)  # the record last, once everything else succeeded
     ranked = board[(board["data"] == cfg.data.name) & (board["metric"] == result["metric"])]
     ranked = ranked.sort_values("local_score", ascending=False)
     cols = ["time", "experiments", "folds", "tta", "metric", "cv_score", "local_score", "pixel_acc", "file"]

@@ -22,7 +22,7 @@ from pipeline.engine.rundir import RunFolder
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.engine.trackers import TRACKERS
 from pipeline.engine.trainer import Trainer, steps_per_epoch
-from pipeline.errors import TrainingError
+from pipeline.errors import ConfigError, TrainingError
 from pipeline.io import write_json
 from pipeline.models import build_model, input_norm
 
@@ -98,8 +98,26 @@ def _rare(cfg: Config, stats) -> list[int]:
     return rare
 
 
+CROPS = ("RandomCrop", "CenterCrop", "Crop", "RandomSizedCrop", "RandomResizedCrop", "CropNonEmptyMaskIfExists",
+         "RandomCropNearBBox", "BBoxSafeRandomCrop", "AtLeastOneBBoxRandomCrop")
+
+
+def check_augment_sizes(tc, records, where: str) -> None:
+    """A crop in train.augment larger than the smallest training image (after train.resize) fails
+    inside a loader worker an epoch in; refuse it before training."""
+    if tc.tile or not records:
+        return
+    h, w = tc.resize or (min(r.height for r in records), min(r.width for r in records))
+    for spec in tc.augment:
+        size = spec.get("size") if isinstance(spec.get("size"), (list, tuple)) else (spec.get("height"), spec.get("width"))
+        if spec.get("name") in CROPS and None not in size and (size[0] > h or size[1] > w):
+            raise ConfigError(f"train.augment: {spec['name']} {list(size)} is larger than the smallest {where} image "
+                              f"({h}x{w} after train.resize): use train.crop (it pads) or a smaller crop")
+
+
 def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]):
     tc, dist = cfg.train, rt.dist
+    check_augment_sizes(tc, [pool.records[i] for i in train_idx], "training")
     norm = input_norm(cfg.model.encoder_name, cfg.model.arch)
     transform = train_transform(tc, cfg.data.ignore_index, rare, cfg.data.num_classes, norm)
     if tc.tile:

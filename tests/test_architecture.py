@@ -6,7 +6,7 @@ import pytest
 
 from helpers import REPO
 
-STAGES = {"check", "eda", "folds", "train", "infer", "pseudo", "tune", "submit", "score"}
+STAGES = {"check", "eda", "folds", "train", "infer", "pseudo", "tune", "submit", "score", "lb", "export"}
 LAYER = {"errors": 0, "io": 0, "pixels": 0, "config": 1, "data": 2, "models": 2, "competition": 2, "engine": 3,
          "inference": 4, **{s: 5 for s in STAGES}, "cli": 6, "__main__": 6, "__init__": 6}
 
@@ -37,7 +37,7 @@ def test_every_module_has_a_layer():
 
 def violation(module: str, target: str) -> str | None:
     src, dst = _unit(module), _unit(target)
-    if src == dst or src in ("cli", "__main__"):
+    if src == dst or src in ("cli", "__main__") or dst == "errors":  # the exception classes are for every layer
         return None
     if dst in STAGES:
         return f"{module} imports the stage {target}: move what it needs into a package"

@@ -87,7 +87,7 @@ def test_extends_cycle_and_missing_parent(tmp_path):
 
 
 def test_unknown_experiment_is_an_error_unless_named_as_a_new_run():
-    with pytest.raises(ConfigError, match=r"exp=demmo: no file .*experiments: \['camvid_unet', .*'demo'.*name=demmo"):
+    with pytest.raises(ConfigError, match=r"exp=demmo: no file .*experiments: \[.*'camvid_unet', .*'demo'.*name=demmo"):
         load_config("demo", "unet", "demmo", [], 0, REPO / "configs")
     cfg = load_config("demo", "unet", None, [], 0, REPO / "configs", name="trial7")
     assert cfg.exp == "trial7" and cfg.run_dir().parts[-2:] == ("trial7", "fold0")

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pipeline import folds
-from pipeline.competition.metrics import build_metric, confusion_matrix
+from pipeline.competition.metrics import build_metric
+from reference_metrics import confusion_matrix
 from pipeline.data.groups import TRAIN_ONLY, explicit_folds, split_tails, validation_kind
 from pipeline.data.pool import fold_indices
 from pipeline.errors import ConfigError, DataError

@@ -9,12 +9,6 @@ import torch
 from pipeline.pixels import CHUNK, bits_to_masks
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
-    """(truth, pred) counts, ignore-index pixels excluded."""
-    return confusion_matrix_torch(torch.from_numpy(np.ascontiguousarray(truth)),
-                                  torch.from_numpy(np.ascontiguousarray(pred)), num_classes, ignore_index).numpy()
-
-
 def confusion_matrix_torch(truth: torch.Tensor, pred: torch.Tensor, num_classes: int, ignore_index: int,
                            chunk: int = CHUNK) -> torch.Tensor:
     """The same on the tensors' device, so validation never syncs per batch. Counted a chunk of
@@ -28,32 +22,10 @@ def confusion_matrix_torch(truth: torch.Tensor, pred: torch.Tensor, num_classes:
     return out.reshape(num_classes, num_classes)
 
 
-def iou_from_confusion(cm: np.ndarray) -> np.ndarray:
-    cm = np.asarray(cm, dtype=np.float64)
-    inter = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-
-
 def mean_iou(iou: np.ndarray) -> float:
     """Mean over classes that occur in truth or prediction (a class absent from both is no evidence)."""
     iou = np.asarray(iou, dtype=np.float64)
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-
-
-def multilabel_counts(pred: dict[int, np.ndarray], truth: np.ndarray, class_ids, ignore_index: int):
-    """Per-class intersection and union of binary predictions against a label map, ignore excluded.
-    Predictions may overlap: a pixel predicted for several classes counts for each of them."""
-    valid = truth != ignore_index
-    inter = np.zeros(len(class_ids), np.int64)
-    union = np.zeros(len(class_ids), np.int64)
-    for k, c in enumerate(class_ids):
-        p = pred[c] & valid
-        t = truth == c
-        inter[k] = np.count_nonzero(p & t)
-        union[k] = np.count_nonzero(p | t)
-    return inter, union
 
 
 class IoUMeter:

@@ -5,10 +5,13 @@ threshold. Pure functions on label maps and probabilities; the search is a small
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.errors import DataError
+from pipeline.io import read_json
 from pipeline.pixels import threshold_bits
 
 AREA_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)  # shares of the image's pixels
@@ -56,8 +59,49 @@ def _remove(out: np.ndarray, where: np.ndarray, c: int, background: int, multila
 
 
 def load_rules(doc: dict, class_names) -> dict[int, ClassRule]:
-    """The rules of a postprocess.json, keyed by class index."""
+    """The rules of a postprocess.json document (already checked by `rules_problems`), by class index."""
     return {list(class_names).index(name): ClassRule(**rule) for name, rule in doc["rules"].items()}
+
+
+def read_rules(path: Path, class_names) -> tuple[dict, dict[int, ClassRule]]:
+    """postprocess.json through its checks: (the document, the rules by class index)."""
+    doc = read_json(path)
+    problems = rules_problems(doc, class_names, str(path))
+    if problems:
+        raise DataError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return doc, load_rules(doc, class_names)
+
+
+def rules_problems(doc: dict, class_names, where: str) -> list[str]:
+    """Every problem of a postprocess.json document (people edit these by hand): `rules` maps class
+    names to {min_area, gate, threshold}; areas are shares of the image (0..1), not pixel counts;
+    thresholds lie in (0, 1); `oof_after` is the tuned OOF score."""
+    rules = doc.get("rules")
+    if not isinstance(rules, dict):
+        return [f"{where}: field 'rules': expected a mapping of class name -> rule, got {rules!r}"]
+    problems = []
+    fields = ClassRule.__dataclass_fields__
+    for name, rule in rules.items():
+        at = f"{where}: rules.{name}"
+        if name not in class_names:
+            problems.append(f"{at}: {name!r} is not a class ({', '.join(class_names)})")
+        if not isinstance(rule, dict):
+            problems.append(f"{at}: expected a mapping with {sorted(fields)}, got {rule!r}")
+            continue
+        for key, value in rule.items():
+            if key not in fields:
+                problems.append(f"{at}.{key}: unknown field (known: {sorted(fields)})")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                problems.append(f"{at}.{key}: expected a number, got {value!r}")
+            elif key in ("min_area", "gate") and not 0 <= value <= 1:
+                hint = " (a pixel count? it is a share of the image's pixels)" if value > 1 else ""
+                problems.append(f"{at}.{key}: {value!r} is outside 0..1{hint}")
+            elif key == "threshold" and not 0 < value < 1:
+                problems.append(f"{at}.{key}: {value!r} is outside (0, 1)")
+    score = doc.get("oof_after")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        problems.append(f"{where}: field 'oof_after': expected a number, got {score!r}")
+    return problems
 
 
 def evaluate(preds, truths, rules: dict[int, ClassRule], metric_factory, background: int = 0,

@@ -6,6 +6,7 @@ this because it converts silently (it reads `channels_last=1` as true)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -158,10 +159,27 @@ def _build(cls, values: Any, where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        if "range" in f.metadata and f.name in kwargs:
+            _check_range(kwargs[f.name], f.metadata["range"], f"{where}.{f.name}")
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_range(value, bounds, where: str) -> None:
+    lo, hi, lo_open, hi_open = bounds
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is None:
+            continue
+        low = lo is not None and (v <= lo if lo_open else v < lo)
+        high = hi is not None and (v >= hi if hi_open else v > hi)
+        if low or high:
+            left = "-inf" if lo is None else f"{lo}"
+            right = "inf" if hi is None else f"{hi}"
+            interval = f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+            raise ConfigError(f"{where}: {v!r} is outside {interval}")
 
 
 def _type_name(tp) -> str:
@@ -208,8 +226,8 @@ def _coerce(tp, value: Any, where: str):
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a number (finite), got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -230,6 +248,7 @@ _CHOICES = {
     "submission.rle_order": ("column", "row"),
     "submission.format": ("rle", "prediction_string"),
     "submission.image_id": ("stem", "file_name"),
+    "submission.nearest": ("centre", "corner"),
     "train.optimizer": ("adamw", "sgd"),
     "train.scheduler": ("cosine", "poly", "plateau", "none"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
@@ -260,6 +279,11 @@ def _validate(cfg: Config) -> None:
     if not d.num_classes <= d.ignore_index <= 255:
         raise ConfigError(f"data.ignore_index: {d.ignore_index} must be in 0..255 (label maps are 8-bit) "
                           f"and not a class index (0..{d.num_classes - 1})")
+    for k, c in d.category_map.items():
+        if isinstance(k, bool) or not isinstance(k, int) or isinstance(c, bool) or not isinstance(c, int) \
+                or not (0 <= c < d.num_classes or c == d.ignore_index):
+            raise ConfigError(f"data.category_map: {k!r}: {c!r} must map a COCO category id (an integer) to a class "
+                              f"index (0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
     for raw, c in d.mask_values.items():
         if not (isinstance(raw, int) and 0 <= raw <= 65535 and isinstance(c, int) and (0 <= c < d.num_classes or c == d.ignore_index)):
             raise ConfigError(f"data.mask_values: {raw!r}: {c!r} must map a PNG value (0..65535) to a class index "
@@ -307,6 +331,8 @@ def _validate(cfg: Config) -> None:
     if t.num_workers < 0 or cfg.infer.num_workers < 0 or cfg.infer.batch_size < 1:
         raise ConfigError("train.num_workers and infer.num_workers must be >= 0, infer.batch_size >= 1")
     _validate_windows(cfg)
+    if t.losses and sum(term.weight for term in t.losses) <= 0:
+        raise ConfigError("train.losses: every weight is 0: nothing would be trained")
     for term in t.losses:
         if term.name not in LOSSES:
             raise ConfigError(f"train.losses: unknown loss {term.name!r} ({', '.join(LOSSES)})")
@@ -317,6 +343,8 @@ def _validate(cfg: Config) -> None:
     for name in cfg.infer.tta:
         if not _TTA.match(name):
             raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
+        if name.startswith("scale:") and any(float(x) <= 0 for x in name[6:].split(",")):
+            raise ConfigError(f"infer.tta: {name!r}: every scale must be > 0")
 
 
 def _validate_windows(cfg: Config) -> None:

@@ -9,6 +9,12 @@ from pathlib import Path
 REFIT = -1  # the fold number of a full-data refit (`fold=all`): trained on every labelled image
 
 
+def bounded(default, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False):
+    """A field whose value (every item of a list) must lie in [lo, hi] (open ends with lo_open /
+    hi_open; None: unbounded); `config.load` checks it when the config is built."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     annotations: str | None = None  # COCO json, relative to the data root
@@ -44,7 +50,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FoldsConfig:
-    k: int = 5
+    k: int = bounded(5, 2)
     seed: int = 42
     group_regex: str | None = None  # first capture group (or whole match) of the image stem
     splits: tuple[str, ...] = ("train",)  # labelled splits pooled before folding (e.g. [train, val])
@@ -66,6 +72,9 @@ class SubmissionConfig:
     id_template: str | None = None  # rle: one id column, e.g. "{image}_{class_name}" (Clouds' Image_Label)
     image_id: str = "stem"  # how an image is named: stem | file_name (with extension and folder)
     size: tuple[int, int] | None = None  # [height, width] the masks are written at (nearest); default each image's
+    # which source pixel a resized pixel takes: centre (PIL's nearest: the source pixel under the
+    # output pixel's centre) | corner (OpenCV's INTER_NEAREST, so albumentations' A.Resize: floor(i * in / out))
+    nearest: str = "centre"
     empty: str = ""  # the value of an empty mask: "" or e.g. "-1"
     rle_order: str = "column"  # column (top-to-bottom, then left-to-right) | row
     class_ids: tuple[int, ...] = ()  # classes that get a row; default: every class
@@ -79,60 +88,60 @@ class ModelConfig:
     arch: str  # deconvnet or an SMP architecture name (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, PSPNet, Segformer)
     encoder_name: str = "resnet34"
     encoder_weights: str | None = None  # None, a local file, or an SMP name resolved from the torch-hub cache
-    pad_multiple: int = 32
+    pad_multiple: int = bounded(32, 1)
     params: dict = field(default_factory=dict)  # extra keyword arguments of the architecture
 
 
 @dataclass(frozen=True)
 class LossTerm:
     name: str  # ce | dice | focal | lovasz
-    weight: float = 1.0
+    weight: float = bounded(1.0, 0)
     params: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 8
+    epochs: int = bounded(20, 1)
+    batch_size: int = bounded(8, 1)
     crop: tuple[int, int] | None = None  # random crop (h, w) for training; None trains on whole images
     resize: tuple[int, int] | None = None  # resize (h, w) before cropping, train and val alike
     # large images: train on (h, w) windows read from a memory-mapped decoded copy of each image
     # instead of whole images; validation on a grid of such windows. Replaces crop and resize.
     tile: tuple[int, int] | None = None
-    tile_fg: float = 0.5  # share of training windows centred on a labelled non-background pixel
-    tiles_per_image: int = 8  # training windows per image per epoch
+    tile_fg: float = bounded(0.5, 0, 1)  # share of training windows centred on a labelled non-background pixel
+    tiles_per_image: int = bounded(8, 1)  # training windows per image per epoch
     optimizer: str = "adamw"  # adamw | sgd
-    lr_encoder: float = 1e-4
-    lr_decoder: float = 1e-3
-    wd_encoder: float = 1e-4
-    wd_decoder: float = 1e-4
+    lr_encoder: float = bounded(1e-4, 0)  # 0 freezes the encoder
+    lr_decoder: float = bounded(1e-3, 0, lo_open=True)
+    wd_encoder: float = bounded(1e-4, 0)
+    wd_decoder: float = bounded(1e-4, 0)
     no_decay_norm_bias: bool = True
-    momentum: float = 0.9
+    momentum: float = bounded(0.9, 0, 1, hi_open=True)
     scheduler: str = "cosine"  # cosine (with warm-up) | poly | plateau | none
-    warmup_epochs: float = 0.0
-    min_lr_ratio: float = 0.01
-    poly_power: float = 0.9
-    plateau_patience: int = 3
-    accum_steps: int = 1
-    clip_grad: float | None = None
-    ema_decay: float | None = None
-    swa_epochs: int = 0  # average the weights of the last N epochs (BN statistics recomputed) -> swa.pt
+    warmup_epochs: float = bounded(0.0, 0)
+    min_lr_ratio: float = bounded(0.01, 0, 1)
+    poly_power: float = bounded(0.9, 0, lo_open=True)
+    plateau_patience: int = bounded(3, 0)
+    accum_steps: int = bounded(1, 1)
+    clip_grad: float | None = bounded(None, 0, lo_open=True)
+    ema_decay: float | None = bounded(None, 0, 1, lo_open=True, hi_open=True)
+    swa_epochs: int = bounded(0, 0)  # average the weights of the last N epochs (BN statistics recomputed) -> swa.pt
     pseudo: str | None = None  # add the pseudo-labels of outputs/<data>/pseudo/<this name> to training (never validation)
     init_from: str | None = None  # start from another run's weights: "<exp>/fold<k>", "<exp>/all" or a .pt file
     amp: str = "auto"  # auto (GPU: bf16 where supported, else fp16; CPU: bf16 with AMX/AVX512-BF16, else off) | bf16 | fp16 | off
     channels_last: bool = True  # NHWC on GPUs and CPUs alike (oneDNN's convolutions prefer it too)
     compile: bool = False
-    patience: int | None = None  # early stopping, in validations without a better val score (competition.metric)
-    val_every: int = 1  # validate every N epochs (and always after the last)
-    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
-    num_workers: int = 0
+    patience: int | None = bounded(None, 1)  # early stopping, in validations without a better val score (competition.metric)
+    val_every: int = bounded(1, 1)  # validate every N epochs (and always after the last)
+    max_bad_steps: int = bounded(5, 1)  # consecutive non-finite losses before the run stops
+    num_workers: int = bounded(0, 0)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     losses: tuple[LossTerm, ...] = (LossTerm("ce"),)
     augment: tuple[dict, ...] = ()  # albumentations transforms by class name, train only
-    rare_crop: float = 0.0  # share of training crops that contain pixels of a rare class (needs train.crop)
+    rare_crop: float = bounded(0.0, 0, 1)  # share of training crops that contain pixels of a rare class (needs train.crop)
     rare_classes: tuple[str, ...] = ()  # default: the third of the classes with the fewest training pixels
-    max_steps_per_epoch: int | None = None
+    max_steps_per_epoch: int | None = None  # >= 1 (checked with its own message)
     progress: bool = True
     trackers: tuple[str, ...] = ()  # besides metrics.csv: tensorboard | mlflow
     mlflow_uri: str | None = None  # default: file store <outputs>/mlruns (`mlflow ui --backend-store-uri` it)
@@ -144,18 +153,18 @@ class InferConfig:
     tta: tuple[str, ...] = ("hflip",)  # hflip | vflip | d4 | scale:<s1>,<s2>...
     experiments: tuple[str, ...] = ()  # default: the current experiment
     folds: tuple[int, ...] = ()  # default: every fold with a best checkpoint
-    weights: tuple[float, ...] = ()  # one per experiment (default equal)
-    batch_size: int = 8  # images, or windows with infer.window
+    weights: tuple[float, ...] = bounded((), 0, lo_open=True)  # one per experiment (default equal)
+    batch_size: int = bounded(8, 1)  # images, or windows with infer.window
     # sliding-window inference for images too large to predict whole: (h, w) windows overlapping by
     # `overlap` of their size, blended with a Hann weight; memory depends on the window, not the image
     window: tuple[int, int] | None = None
-    overlap: float = 0.25
-    num_workers: int = 2  # image decoding in loader workers, so the model is not left waiting
+    overlap: float = bounded(0.25, 0, 1, hi_open=True)
+    num_workers: int = bounded(2, 0)  # image decoding in loader workers, so the model is not left waiting
     refit: str = "off"  # the full-data refit (fold=all) for the test set: off | with (the fold models) | only
     checkpoint: str = "best"  # which weights of each run: best | swa (train.swa_epochs)
     save_probs: bool = False  # float16 probabilities of the test and OOF images (always for multilabel)
     oof: bool = True
-    analysis_images: int = 8  # the worst OOF images drawn on the error-analysis page
+    analysis_images: int = bounded(8, 0)  # the worst OOF images drawn on the error-analysis page
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,7 @@ class CompetitionConfig:
 
 @dataclass(frozen=True)
 class PseudoConfig:
-    threshold: float = 0.9  # pixels whose ensemble probability is below this are left unlabelled (ignored)
+    threshold: float = bounded(0.9, 0, 1, lo_open=True)  # pixels whose ensemble probability is below this are left unlabelled (ignored)
     split: str = "test"  # the unlabelled images to label
 
 

@@ -154,6 +154,10 @@ def _categories(doc: dict, path: Path) -> dict[int, str]:
                 raise DataError(f"{path}: categories[{i}]: missing key '{key}'")
         if not _is_int(cat["id"]):
             raise DataError(f"{path}: categories[{i}]: 'id' must be an integer, got {cat['id']!r}")
+        if cat["id"] in categories:
+            first = next(k for k, c in enumerate(doc["categories"]) if isinstance(c, dict) and c.get("id") == cat["id"])
+            raise DataError(f"{path}: categories[{i}]: id {cat['id']} ({cat['name']!r}) repeats categories[{first}] "
+                            f"({categories[cat['id']]!r}): one of them would lose its annotations")
         categories[cat["id"]] = str(cat["name"])
     return categories
 
@@ -223,12 +227,18 @@ def load_coco(path: Path, images_root: Path | None = None, strict: bool = True,
     categories = _categories(doc, path)
     images: list[ImageRecord] = []
     seen: set = set()
+    files: dict[str, int] = {}
     for i, im in enumerate(doc["images"]):
         rec = _image_record(im, i, seen, images_root)
         if isinstance(rec, str):
             bad(rec)
             continue
+        if rec.file_name in files:
+            bad(f"images[{i}]: file_name {rec.file_name!r} (id {rec.id!r}) repeats images[{files[rec.file_name]}]: "
+                "one image listed twice")
+            continue
         seen.add(rec.id)
+        files[rec.file_name] = i
         images.append(rec)
     stems = [Path(img.file_name).stem for img in images]
     if len(set(stems)) < len(stems):
@@ -260,10 +270,15 @@ def ann_to_rle(ann: dict, h: int, w: int) -> dict:
 
 
 def class_map(categories: dict[int, str], classes: Sequence[str], explicit: dict | None = None,
-              where: str = "") -> dict[int, int]:
+              where: str = "", ignore_index: int = 255) -> dict[int, int]:
     """COCO category id -> class index: explicit mapping, else by category name."""
     if explicit:
         out = {int(k): int(v) for k, v in explicit.items()}
+        wrong = {k: v for k, v in out.items() if not (0 <= v < len(classes) or v == ignore_index)}
+        if wrong:
+            k, v = next(iter(wrong.items()))
+            raise DataError(f"{where}: data.category_map: category {k} -> {v}: not a class index "
+                            f"(0..{len(classes) - 1}) or the ignore index {ignore_index}")
         missing = sorted(set(categories) - set(out))
         if missing:
             raise DataError(f"{where}: data.category_map has no entry for category id(s) {missing}")

@@ -2,7 +2,6 @@
 folds.csv order, and each fold's train/validation indices into it. Training and inference share it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from pipeline.config import Config
 from pipeline.config.schema import REFIT
 from pipeline.data.sources import Source, open_split, read_label_png
 from pipeline.errors import DataError
+from pipeline.io import read_json
 
 
 class ConcatSource(Source):
@@ -35,10 +35,62 @@ class ConcatSource(Source):
         return s.files(j)
 
 
+FOLDS_COLUMNS = ("image_id", "fold", "split")
+
+
+def folds_problems(path: Path, splits) -> tuple[pd.DataFrame | None, list[str]]:
+    """folds.csv, read as text and checked cell by cell (a file people edit by hand, in Excel too):
+    (the table, or None when unusable; every problem, naming the line and the column). Folds are
+    integers, -1 (trains in every fold) or 0..k-1 with no gap; every image appears once; splits are
+    the labelled splits `splits`."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        return None, [f"{path}: not a readable CSV ({str(e).splitlines()[0]})"]
+    if len(df.columns) == 1 and ";" in df.columns[0]:
+        return None, [f"{path}: columns separated by ';' (a spreadsheet's export): save it with ',' separators"]
+    missing = [c for c in FOLDS_COLUMNS if c not in df.columns]
+    if missing:
+        return None, [f"{path}: missing column(s) {missing} (has {list(df.columns)}); re-run `make folds`"]
+    problems = []
+    folds = []
+    for k, (image, fold, split) in enumerate(zip(df["image_id"], df["fold"], df["split"])):
+        line = k + 2  # the header is line 1
+        f = fold.strip()
+        if not f.lstrip("-").isdigit() or int(f) < -1:
+            problems.append(f"{path}: line {line}, column fold: {fold!r} is not a fold (an integer >= -1)")
+            folds.append(None)
+        else:
+            folds.append(int(f))
+        if not image.strip():
+            problems.append(f"{path}: line {line}, column image_id: empty")
+        if split not in splits:
+            problems.append(f"{path}: line {line}, column split: {split!r} is not a labelled split of this data {sorted(splits)}")
+    dup = df["image_id"][df["image_id"].duplicated()]
+    for image in dup.unique()[:5]:
+        lines = [str(k + 2) for k in (df.index[df["image_id"] == image])]
+        problems.append(f"{path}: image {image!r} is listed {len(lines)} times (lines {', '.join(lines)})")
+    ids = sorted({f for f in folds if f is not None and f >= 0})
+    if not ids and not problems:
+        problems.append(f"{path}: no image is in a validation fold (every fold is -1)")
+    elif ids and ids != list(range(len(ids))):
+        problems.append(f"{path}: folds {ids}: expected 0..{len(ids) - 1} with no gap (a fold without images trains "
+                        "a model with nothing to validate)")
+    if problems:
+        return None, problems
+    df["fold"] = [int(f) for f in folds]
+    return df, []
+
+
 def read_folds(cfg: Config) -> pd.DataFrame:
     if not cfg.folds_csv.exists():
         raise DataError(f"{cfg.folds_csv}: not found; run `make folds DATA={cfg.data.name}` first")
-    return pd.read_csv(cfg.folds_csv, dtype={"image_id": str})
+    splits = set(cfg.folds.splits) | ({cfg.folds.holdout} if cfg.folds.holdout else set())
+    df, problems = folds_problems(cfg.folds_csv, splits)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s): `make check` lists them)" if len(problems) > 1 else ""
+        raise DataError(problems[0] + more)
+    return df
 
 
 def labelled_pool(cfg: Config) -> tuple[Source, pd.DataFrame]:
@@ -105,7 +157,12 @@ def add_pseudo_labels(cfg: Config, pool: Source, train_idx: list[int]) -> tuple[
     if not manifest_path.exists():
         raise DataError(f"{manifest_path}: not found: no pseudo-labels named {cfg.train.pseudo!r}; "
                         f"run `make pseudo EXP={cfg.train.pseudo}` first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path)
+    for key, kind in (("split", str), ("images", int), ("round", int), ("threshold", float)):
+        value = manifest.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+            raise DataError(f"{manifest_path}: field {key!r}: expected {kind.__name__}, got {value!r}; "
+                            f"re-run `make pseudo EXP={cfg.train.pseudo}`")
     pseudo = PseudoLabelled(open_split(cfg.data, manifest["split"], labelled=False), folder / "masks")
     if len(pseudo) != manifest["images"]:
         raise DataError(f"{folder}: {len(pseudo)} pseudo-label maps for {manifest['images']} images in its manifest")

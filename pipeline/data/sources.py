@@ -55,12 +55,18 @@ def image_size(path: Path, record: str = "") -> tuple[int, int]:
         raise DataError(f"{path}: unreadable image of {record or 'record'} ({e})") from None
 
 
+LOSSLESS = ("PNG", "TIFF", "BMP", "PPM")  # label maps must decode to exactly the values saved
+
+
 def read_label_png(path: Path, values: dict | None = None) -> np.ndarray:
     """A single-channel label PNG as uint8, read faithfully at any bit depth; `values` maps raw
     values to labels (e.g. {0: 0, 255: 1} for 0/255 binary masks). A value that does not fit 8 bits
     after mapping is refused rather than wrapped."""
     try:
         with Image.open(path) as im:
+            if im.format not in LOSSLESS:
+                raise DataError(f"{path}: a {im.format} file (by its content, whatever its name): a lossy format "
+                                "changes label values at every edge; save label maps as PNG")
             if im.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
                 raise DataError(f"{path}: label map must be a single-channel PNG, got mode {im.mode}")
             raw = np.asarray(im)
@@ -128,7 +134,7 @@ class CocoSource(Source):
     def __init__(self, coco: CocoSet, data: DataConfig, cache_dir: Path | None = None):
         self.coco, self.records, self.labelled = coco, coco.images, True
         self.num_classes, self.ignore_index, self.skipped = data.num_classes, data.ignore_index, coco.skipped
-        self.cmap = class_map(coco.categories, data.classes, data.category_map, str(coco.path))
+        self.cmap = class_map(coco.categories, data.classes, data.category_map, str(coco.path), data.ignore_index)
         self.fill = 0 if data.unlabelled == "background" else data.ignore_index
         self.policy = data.overlap
         self.multilabel = data.overlap == "multilabel"

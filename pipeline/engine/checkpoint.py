@@ -8,20 +8,32 @@ from pathlib import Path
 
 import torch
 
+from pipeline.errors import TrainingError
 from pipeline.io import write_with
 
 log = logging.getLogger(__name__)
-REQUIRED = ("model", "optimizer", "epoch")
+REQUIRED = ("model", "optimizer", "epoch")  # a training checkpoint (last.pt): what resuming needs
+MODEL_KEYS = ("model", "model_cfg", "classes")  # a model checkpoint (best.pt, swa.pt, a bundle's models)
 
 
 def save(path: Path, state: dict, keep_previous: bool = True) -> None:
+    """Written in full under a staging name first; only then is the old file kept as .prev.pt and the
+    new one renamed in. A full disk leaves the previous checkpoint where it was, and says so."""
     path = Path(path)
+    staging = path.with_name(f".{path.name}.staging-{os.getpid()}")
+    try:
+        write_with(staging, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        staging.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint was touched"
+        raise TrainingError(f"{path}: could not be written ({str(e).splitlines()[0][:160]}); {kept}. "
+                            "Free disk space and re-run the same command to resume") from None
     if keep_previous and path.exists():
         os.replace(path, path.with_suffix(".prev.pt"))
-    write_with(path, lambda f: torch.save(state, f))
+    os.replace(staging, path)
 
 
-def _try_load(path: Path) -> dict | None:
+def _try_load(path: Path, required=REQUIRED) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -29,7 +41,7 @@ def _try_load(path: Path) -> dict | None:
     except Exception as e:  # truncated zip, pickle errors, ...
         log.warning("%s: unreadable checkpoint (%s)", path, str(e).splitlines()[0][:200])
         return None
-    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+    if not isinstance(state, dict) or any(k not in state for k in required):
         log.warning("%s: incomplete checkpoint", path)
         return None
     return state
@@ -48,7 +60,20 @@ def load_latest(run_dir: Path) -> dict | None:
 
 
 def load_weights(path: Path) -> dict:
-    state = _try_load(Path(path))
+    """A model checkpoint: the weights and what rebuilding the network needs (MODEL_KEYS)."""
+    state = _try_load(Path(path), MODEL_KEYS)
     if state is None:
-        raise FileNotFoundError(f"{path}: no readable checkpoint")
+        raise FileNotFoundError(f"{path}: no readable model checkpoint (weights, model config and classes)")
     return state
+
+
+def model_only(state: dict, half: bool = False) -> dict:
+    """The part of a model checkpoint inference needs (no optimiser, no history); `half` stores the
+    floating-point weights as float16 (loaded back as float32)."""
+    weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
+    return {"model": weights, **{k: state[k] for k in ("model_cfg", "classes")}, "resize": state.get("resize"),
+            "source": {k: state.get(k) for k in ("exp", "fold", "epoch", "val_score")}}
+
+
+def save_model(path: Path, state: dict) -> None:
+    write_with(Path(path), lambda f: torch.save(state, f))

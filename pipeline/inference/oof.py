@@ -74,7 +74,11 @@ def _test_matched(cfg: Config, table, stems, image_states, test_stems, scored, p
     by_stem = {r.image_id: r for r in table.itertuples(index=False)}
     kinds = [by_stem[s].kind for s in stems]
     groups = [by_stem[s].group for s in stems]
-    tkinds = kinds_of_test(group_keys(list(test_stems), cfg.folds.group_regex), table["group"].unique())
+    try:
+        test_groups = group_keys(list(test_stems), cfg.folds.group_regex)
+    except DataError as e:  # the test images' names do not follow the training images' pattern
+        return {**fallback, "cv_test_matched": {"score": None, "why": f"test images: {e}"}}
+    tkinds = kinds_of_test(test_groups, table["group"].unique())
     est = matched_estimate(image_states, kinds, blocks_of(stems, groups), tkinds, lambda: competition_metric(cfg), scored)
     if est["score"] is None:
         return {**fallback, "cv_test_matched": est}

@@ -7,7 +7,24 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.io import write_json
+from pipeline.errors import DataError
+from pipeline.io import read_json, write_json
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(folder: Path) -> dict:
+    """A prediction folder's manifest.json, checked: a JSON object whose `files` lists the label
+    files' stems (a truncated or edited manifest is refused, naming the file and the field)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise DataError(f"{path}: not found: no complete prediction folder (run `make infer-tta`)")
+    doc = read_json(path)
+    files = doc.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise DataError(f"{path}: field 'files': expected the list of predicted image stems, got "
+                        f"{type(files).__name__}; re-run `make infer-tta`")
+    return doc
 
 
 class PredictionFolder:
@@ -24,7 +41,7 @@ class PredictionFolder:
 
     def commit(self, manifest: dict) -> Path:
         files = sorted(p.stem for p in (self.partial / self.listed).glob("*.png"))
-        write_json(self.partial / "manifest.json", {**manifest, "files": files})
+        write_json(self.partial / MANIFEST, {**manifest, "files": files})
         old = None
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")

@@ -45,6 +45,16 @@ def _load_state(path: Path) -> dict:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict")
+    bad_keys = [k for k in state if not isinstance(k, str)]
+    if bad_keys:
+        raise WeightsError(f"{path}: parameter names must be strings, got {bad_keys[0]!r}: not a state dict")
+    not_tensor = [k for k, v in state.items() if not torch.is_tensor(v)]
+    if not_tensor:
+        raise WeightsError(f"{path}: {not_tensor[0]!r} is a {type(state[not_tensor[0]]).__name__}, not a tensor")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise WeightsError(f"{path}: non-finite values (NaN/inf) in {len(nonfinite)} tensor(s), e.g. {nonfinite[0]!r}: "
+                           "a damaged weights file")
     return state
 
 
