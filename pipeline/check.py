@@ -109,7 +109,7 @@ def _check_hand_edited(cfg: Config, report: dict) -> None:
     preds = cfg.preds_dir()
     if preds.is_dir():
         problems = []
-        for read in (lambda: read_manifest(preds), lambda: _rules(preds / "postprocess.json", cfg)):
+        for read in (lambda: read_manifest(preds) and [], lambda: _rules(preds / "postprocess.json", cfg)):
             try:
                 problems += read() or []
             except DataError as e:

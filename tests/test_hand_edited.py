@@ -132,7 +132,7 @@ def test_malformed_submission_record_and_leaderboard(chain):
     record.write_text(good)
     assert chain("score", f"sub={sub}")[0] == 0
     board = sub.parent.parent / "leaderboard.csv"
-    df = pd.read_csv(board)
+    df = pd.read_csv(board, dtype=str, keep_default_na=False)
     df.loc[0, "local_score"] = "0,93"  # a spreadsheet's decimal comma
     df.to_csv(board, index=False)
     before = board.read_text()
@@ -144,7 +144,7 @@ def test_malformed_submission_record_and_leaderboard(chain):
 
 @pytest.mark.parametrize("override,fragment", [
     ("train.lr_encoder=-0.001", "train.lr_encoder: -0.001 is outside [0, inf)"),
-    ("train.lr_decoder=0", "train.lr_decoder: 0.0 is outside (0, inf)"),
+    ("train.wd_decoder=-0.1", "train.wd_decoder: -0.1 is outside [0, inf)"),
     ("train.losses=[{name: ce, weight: -1}]", "weight: -1.0 is outside [0, inf)"),
     ("train.losses=[{name: ce, weight: 0}]", "every weight is 0"),
     ("train.ema_decay=1.5", "train.ema_decay: 1.5 is outside (0, 1)"),
@@ -237,7 +237,8 @@ def test_two_submissions_in_the_same_second_get_two_files(chain, monkeypatch):
     assert chain("submit")[0] == 0
     assert chain("submit")[0] == 0
     names = sorted(p.name for p in (chain.cfg.out_dir.parent.parent / "submissions").rglob("*.csv"))
-    assert names == ["20260101-000000-1_demo.csv", "20260101-000000_demo.csv"]
+    exp = chain.cfg.exp
+    assert names == [f"20260101-000000-1_{exp}.csv", f"20260101-000000_{exp}.csv"]
 
 
 def test_prediction_strings_longer_than_the_csv_default_limit_are_read(tmp_path):

@@ -104,10 +104,10 @@ def test_fold_scheme_config_is_checked(make_cfg):
 def _camvid_like(root, rng):
     """CamVid's layout at 32x48: three labelled drives (train + val), a test set of a new drive and
     frames that continue a training drive."""
-    splits = {"train": [f"AA_{k:05d}" for k in range(0, 160, 10)] + [f"BB_f{k:05d}" for k in range(8)]
-              + [f"CC_{k:05d}" for k in range(0, 100, 10)],
-              "val": [f"CC_{k:05d}" for k in range(3, 60, 10)],
-              "test": [f"AA_{k:05d}" for k in range(160, 200, 10)] + [f"DD_{k:05d}" for k in range(8)]}
+    splits = {"train": [f"0001TP_{k:06d}" for k in range(0, 160, 10)] + [f"0006R0_f{k:05d}" for k in range(8)]
+              + [f"0016E5_{k:05d}" for k in range(0, 100, 10)],
+              "val": [f"0016E5_{k:05d}" for k in range(3, 60, 10)],
+              "test": [f"0001TP_{k:06d}" for k in range(160, 200, 10)] + [f"Seq05VD_f{k:05d}" for k in range(8)]}
     images = []
     for split, stems in splits.items():
         (root / split / "images").mkdir(parents=True)
@@ -136,11 +136,10 @@ def test_camvid_config_end_to_end_gives_a_test_matched_cv(make_cfg, tmp_path):
     root = _camvid_like(tmp_path / "camvid", np.random.default_rng(0))
     args = [f"data.root={root}", "train.device=cpu", "model.arch=deconvnet",
             "model.params={width: 0.125, fc_channels: 16}", "train.epochs=1", "train.batch_size=4",
-            "train.warmup_epochs=0", "folds.tail={CC: 0.5}", "folds.assign={AA: 0, BB: 1, CC@tail: 2}",
-            "infer.batch_size=4"]
+            "train.warmup_epochs=0", "infer.batch_size=4"]
     cfg = make_cfg(*args, data="camvid")
     df = folds.run(cfg)
-    assert (df.loc[df.group == "CC", "fold"] == TRAIN_ONLY).all() and len(df[df.group == "CC@tail"]) == 8
+    assert (df.loc[df.group == "0016E5", "fold"] == TRAIN_ONLY).all() and len(df[df.group == "0016E5@tail"]) == 8
     assert set(df.loc[df.fold == 2, "kind"]) == {"later_frames"} and set(df.loc[df.fold == 0, "kind"]) == {"new_group"}
     for k in range(3):
         train.run(make_cfg(*args, data="camvid", fold=k))

@@ -198,15 +198,21 @@ def _camvid_like(root):
     return root
 
 
-def test_camvid_cv_is_leave_one_sequence_out_over_train_and_val(tmp_path):
+def test_camvid_folds_hold_out_drives_and_a_later_block(tmp_path):
+    """Two drives held out whole, the later half of 0016E5 (train and val frames pooled, in frame
+    order) held out while its earlier half trains in every fold."""
     from pipeline.config import load_config
 
     root = _camvid_like(tmp_path)
     cfg = load_config("camvid", "unet", None, [f"data.root={root}", f"outputs={tmp_path / 'out'}"], 0, REPO / "configs")
     df = folds.run(cfg)
-    assert sorted(df["fold"].unique()) == [0, 1, 2] and set(df["split"]) == {"train", "val"}
-    assert (df.groupby("group")["fold"].nunique() == 1).all()  # no drive straddles folds, val frames included
-    assert (df.groupby("fold")["group"].nunique() == 1).all()  # one drive per fold
+    assert sorted(df["fold"].unique()) == [-1, 0, 1, 2] and set(df["split"]) == {"train", "val"}
+    assert (df.groupby("group")["fold"].nunique() == 1).all()  # no group straddles folds, val frames included
+    assert (df.groupby("fold")["group"].nunique() == 1).all()  # one group per fold
+    e5 = df[df["image_id"].str.startswith("0016E5")].assign(frame=lambda d: d["image_id"].str[7:].astype(int))
+    head, tail = e5[e5["fold"] == -1], e5[e5["fold"] == 2]
+    assert head["frame"].max() < tail["frame"].min() and abs(len(head) - len(tail)) <= 1
+    assert set(df.loc[df["fold"] == 2, "kind"]) == {"later_frames"} and set(df.loc[df["fold"] < 2, "kind"]) - {"train_only"} == {"new_group"}
 
 
 def test_a_holdout_split_sharing_a_group_is_warned_about(tmp_path, caplog):

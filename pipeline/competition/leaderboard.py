@@ -109,7 +109,7 @@ def history(board: pd.DataFrame, data: str) -> pd.DataFrame:
                         "tta": rows["tta"].fillna(""), "cv": rows["cv_score"], "cv_std": rows["cv_fold_std"],
                         "local": rows["local_score"], "public": rows["public_score"], "file": rows["file"]})
     spread = out["cv_std"].fillna(0).clip(lower=0.005)
-    out["disagrees"] = (out["public"] - out["cv"]).abs() > spread
+    out["disagrees"] = (out["public"] - out["cv"]).abs() > spread + 1e-9
     out.loc[out["public"].isna() | out["cv"].isna(), "disagrees"] = False
     return out.reset_index(drop=True)
 
@@ -160,39 +160,38 @@ def oof_agreement(a: Path | None, b: Path | None, max_images: int = 200) -> floa
 
 
 def pick(hist: pd.DataFrame, k: int, oof_dirs: dict[str, Path | None]) -> list[dict]:
-    """The final K by CV: the best CV first; then, each time, among the rest the best CV of a
-    different experiment (or recipe), preferring low OOF agreement with those already picked.
-    Never by public score: it is shown, and flagged when it disagrees with CV."""
+    """The final K by CV: the best CV first; then, each time, among the submissions within one CV
+    spread of the best remaining CV, one of an experiment not picked yet (the lowest OOF agreement
+    with those picked, when OOF predictions exist), else the best remaining CV. Never by public
+    score: it is shown, and flagged when it disagrees with CV."""
     pool = hist.dropna(subset=["cv"]).sort_values("cv", ascending=False)
     if pool.empty:
         raise DataError("make pick: no scored submission with a CV score")
     picked: list[dict] = []
     for _ in range(min(k, len(pool))):
-        chosen_files = {p["file"] for p in picked}
-        rest = pool[~pool["file"].isin(chosen_files)]
+        rest = pool[~pool["file"].isin({p["file"] for p in picked})]
+        best = rest.iloc[0]
+        spread = float(np.nan_to_num(best["cv_std"], nan=0.0)) or 0.005
+        near = rest[best["cv"] - rest["cv"] <= spread + 1e-9]
+        other = near[~near["experiments"].isin({p["experiments"] for p in picked})]
         if not picked:
-            row, why = rest.iloc[0], "best CV"
-        else:
-            used = {p["experiments"] for p in picked}
-            other = rest[~rest["experiments"].isin(used)]
-            candidates = other if len(other) else rest
-            scored = []
-            for _, r in candidates.head(5).iterrows():  # the five best CVs of the candidates
-                agree = [oof_agreement(oof_dirs.get(r["file"]), oof_dirs.get(p["file"])) for p in picked]
-                agree = [a for a in agree if a is not None]
-                scored.append((r, max(agree) if agree else None))
-            with_oof = [s for s in scored if s[1] is not None]
-            # among candidates within one CV spread of the best candidate, the least similar
-            best_cv = float(candidates.iloc[0]["cv"])
-            spread = float(np.nan_to_num(candidates.iloc[0]["cv_std"], nan=0.0)) or 0.005
-            near = [s for s in with_oof if best_cv - float(s[0]["cv"]) <= spread]
-            if near:
-                row, agree = min(near, key=lambda s: s[1])
-                why = (f"best CV of {'another experiment' if len(other) else 'the rest'} within the CV spread "
-                       f"({spread:.3f}) with the lowest OOF agreement with the first ({agree:.3f})")
+            row, why = best, "best CV"
+        elif len(other):
+            agree = {}
+            for f in other["file"]:
+                values = [oof_agreement(oof_dirs.get(f), oof_dirs.get(p["file"])) for p in picked]
+                values = [v for v in values if v is not None]
+                agree[f] = max(values) if values else None
+            known = {f: a for f, a in agree.items() if a is not None}
+            if known:
+                f = min(known, key=known.get)
+                row = other[other["file"] == f].iloc[0]
+                why = (f"another experiment within the CV spread ({spread:.3f}) of the best remaining CV, "
+                       f"lowest OOF agreement with the picked ({known[f]:.3f})")
             else:
-                row = candidates.iloc[0]
-                why = f"best CV of {'another experiment (diversity)' if len(other) else 'the rest'}"
+                row, why = other.iloc[0], f"best CV of another experiment within the CV spread ({spread:.3f})"
+        else:
+            row, why = best, f"best remaining CV (no other experiment within the CV spread {spread:.3f})"
         picked.append({"submission": row["submission"], "file": row["file"], "experiments": row["experiments"],
                        "cv": float(row["cv"]), "public": None if pd.isna(row["public"]) else float(row["public"]),
                        "why": why, "public_disagrees": bool(row["disagrees"])})

@@ -230,10 +230,14 @@ def _coerce(tp, value: Any, where: str):
             raise ConfigError(f"{where}: expected a number (finite), got {value!r}")
         return float(value)
     if tp is str:
+        if value is False and "off" in _CHOICES.get(where, ()):
+            return "off"  # YAML 1.1 reads a bare `off` as false
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     if tp is dict or origin is dict:
+        if value is None:  # `key=null` on the command line clears a mapping (merging can only add keys)
+            return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)

@@ -112,7 +112,7 @@ class TrainConfig:
     tiles_per_image: int = bounded(8, 1)  # training windows per image per epoch
     optimizer: str = "adamw"  # adamw | sgd
     lr_encoder: float = bounded(1e-4, 0)  # 0 freezes the encoder
-    lr_decoder: float = bounded(1e-3, 0, lo_open=True)
+    lr_decoder: float = bounded(1e-3, 0)
     wd_encoder: float = bounded(1e-4, 0)
     wd_decoder: float = bounded(1e-4, 0)
     no_decay_norm_bias: bool = True
