@@ -23,7 +23,7 @@ def run(cfg: Config) -> dict:
     test = open_split(cfg.data, "test", labelled=False)
     with folder as out:
         multilabel = cfg.competition.multilabel  # probabilities always kept: make tune picks thresholds
-        ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap, multilabel)
+        ensemble = Ensemble.from_config(cfg, members, rt, tta)
         preds = ensemble.predict(test, list(range(len(test))), cfg.infer.batch_size, cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
             save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel)

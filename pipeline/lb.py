@@ -46,9 +46,9 @@ def show(cfg: Config) -> pd.DataFrame:
     with pd.option_context("display.width", 200, "display.max_colwidth", 40):
         table = hist.drop(columns=["file"]).to_string(index=False, float_format=lambda v: f"{v:.4f}")
     flagged = hist[hist["disagrees"]]
-    notes = "".join(f"\n  ! {s}: public {p:.4f} vs CV {c:.4f}: more than the folds' spread apart (public-LB noise "
-                    "on a small share of the test set, or a leak)" for s, p, c in
-                    zip(flagged["submission"], flagged["public"], flagged["cv"]))
+    notes = "".join(f"\n  ! {s}: public {p:.4f} vs CV {c:.4f}: {g:+.4f} off the usual public-CV gap, more than twice "
+                    "the folds' spread (public-LB noise on a small share of the test set, or a leak)" for s, p, c, g in
+                    zip(flagged["submission"], flagged["public"], flagged["cv"], flagged["gap_vs_usual"]))
     corr = f"; CV vs public correlation {r:.2f}" if r is not None else ""
     log.info("lb: %s, %d submission(s)%s -> %s\n%s%s", cfg.data.name, len(hist), corr, plot, table, notes)
     return hist

@@ -12,7 +12,6 @@ from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, top_class
 from pipeline.inference.outdir import PredictionFolder
-from pipeline.inference.tta import build_tta
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import read_json, save_png
 from pipeline.pixels import class_counts
@@ -43,7 +42,7 @@ def run(cfg: Config) -> dict:
     kept, total, per_class = 0, 0, np.zeros(C, np.int64)
     folder = PredictionFolder(cfg.pseudo_dir(), listed="masks")
     with folder as out:
-        preds = Ensemble(members, rt, build_tta(cfg.infer.tta), cfg.infer.window, cfg.infer.overlap).predict(
+        preds = Ensemble.from_config(cfg, members, rt).predict(
             images, list(range(len(images))), cfg.infer.batch_size, cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(images), desc="pseudo", disable=None if cfg.train.progress else True, leave=False):
             label, conf = top_class(p, with_conf=True)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.competition.submission import class_ids, submission_table
 from pipeline.competition.postprocess import bits_from_probs, read_rules

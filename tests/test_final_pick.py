@@ -77,7 +77,8 @@ def test_lb_and_pick_from_the_command_line(board, capsys):
     common = ["--configs", str(REPO / "configs"), "data=camvid", f"submissions={board.parent}"]
     assert main(["lb", *common]) == 0
     out = capsys.readouterr().out
-    assert "lucky.csv: public 0.8600 vs CV 0.7600" in out and "correlation" in out
+    assert "lucky.csv: public 0.8600 vs CV 0.7600: +0.1050 off the usual" in out and "correlation" in out
+    assert "a2.csv: public" not in out
     assert (board.parent / "camvid" / "cv_vs_public.png").stat().st_size > 1000
     assert main(["pick", "k=2", *common]) == 0
     out = capsys.readouterr().out

@@ -21,7 +21,7 @@ from pipeline.data.coco import load_coco
 from pipeline.data.sources import read_label_png
 from pipeline.engine import checkpoint
 from pipeline.errors import DataError, TrainingError, WeightsError
-from helpers import REPO, TINY, fake_runs, square, write_coco
+from helpers import REPO, TINY, fake_runs, write_coco
 
 
 @pytest.fixture

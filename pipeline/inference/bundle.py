@@ -52,8 +52,7 @@ def predict_folder(folder: Path, images: Path, out_csv: Path, device: str = "aut
     members = [Member(m["exp"], m["fold"], folder / m["file"], m["weight"]) for m in doc["members"]]
     rt = Runtime.create(cfg.train)
     multilabel = cfg.competition.multilabel
-    ensemble = Ensemble(members, rt, build_tta(doc["tta"]), tuple(doc["window"]) if doc["window"] else None,
-                        doc["overlap"], multilabel)
+    ensemble = Ensemble.from_config(cfg, members, rt, build_tta(doc["tta"]))
     rules = load_rules({"rules": doc["postprocess"]}, cfg.data.classes) if doc["postprocess"] else {}
     labels = {}
     for i, probs in ensemble.predict(test, list(range(len(test))), batch_size or cfg.infer.batch_size):

@@ -21,7 +21,7 @@ from pipeline.engine.runtime import Runtime
 from pipeline.errors import ConfigError
 from pipeline.io import save_png, write_with
 from pipeline.pixels import threshold_bits
-from pipeline.inference.tta import predict_probs
+from pipeline.inference.tta import build_tta, predict_probs
 from pipeline.inference.window import assemble, sliding_window
 from pipeline.models import build_model, input_norm
 
@@ -122,6 +122,13 @@ class Ensemble:
         self.transforms = {key: t for _, key, _, t in self.models}
         self.total_weight = sum(w for _, _, w, _ in self.models)
         self.num_classes = len(state["classes"]) if members else 0
+
+    @classmethod
+    def from_config(cls, cfg: Config, members: list[Member], rt: Runtime, tta=None) -> "Ensemble":
+        """The one way stages build an ensemble: windows, overlap and the task from the config, TTA
+        from `infer.tta` unless given."""
+        return cls(members, rt, build_tta(cfg.infer.tta) if tta is None else tta, cfg.infer.window, cfg.infer.overlap,
+                   cfg.competition.multilabel)
 
     def _probs(self, views: dict, size: tuple[int, int]) -> torch.Tensor:
         """(B, C, H, W) weighted mean over members of their TTA-averaged probabilities, on the device."""

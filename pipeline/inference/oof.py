@@ -24,14 +24,14 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
     image relates to its fold's training images) the test-matched estimate for `test_stems`."""
     pool, table = labelled_pool(cfg)
     image_states, stems = [], []
-    C, ign = cfg.data.num_classes, cfg.data.ignore_index
+    ign = cfg.data.ignore_index
     pooled, per_fold, fold_iou, n = competition_metric(cfg), {}, {}, 0
     multilabel = cfg.competition.multilabel  # its OOF probabilities are always kept: make tune picks thresholds
     worst = WorstImages(cfg.infer.analysis_images)
     for fold, members in sorted(by_fold.items()):
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
         meter = competition_metric(cfg)
-        ensemble = Ensemble(members, rt, tta, cfg.infer.window, cfg.infer.overlap, multilabel)
+        ensemble = Ensemble.from_config(cfg, members, rt, tta)
         preds = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
         for i, p, truth in preds:
             label = save_prediction(out, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel)
