@@ -94,9 +94,10 @@ export: install
 demo: install demo-data
 	$(MAKE) --no-print-directory check eda folds train-all infer-tta tune submission score DATA=$(DATA) EXP=$(DATA)
 
-# The CamVid recipe: leave-one-sequence-out folds over train+val (three drives), one model per fold
-# (the OOF score is the sequence-level CV), the fold ensemble with hflip TTA predicts the test set,
-# and the submission is written in the competition's format.
+# The CamVid recipe: folds that mirror the test set over train+val (two drives held out whole, the
+# later half of the third), one model per fold (UNet, ImageNet EfficientNet-Lite0, bf16 on CPUs that
+# have it); the fold ensemble with hflip TTA predicts the test set; the submission carries the
+# test-matched CV and is written in the competition's format.
 CAMVID_EXP ?= camvid_lite0
 camvid: install
 	$(RUN) folds data=camvid $(ARGS)
