@@ -283,15 +283,7 @@ def _validate(cfg: Config) -> None:
     if not d.num_classes <= d.ignore_index <= 255:
         raise ConfigError(f"data.ignore_index: {d.ignore_index} must be in 0..255 (label maps are 8-bit) "
                           f"and not a class index (0..{d.num_classes - 1})")
-    for k, c in d.category_map.items():
-        if isinstance(k, bool) or not isinstance(k, int) or isinstance(c, bool) or not isinstance(c, int) \
-                or not (0 <= c < d.num_classes or c == d.ignore_index):
-            raise ConfigError(f"data.category_map: {k!r}: {c!r} must map a COCO category id (an integer) to a class "
-                              f"index (0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
-    for raw, c in d.mask_values.items():
-        if not (isinstance(raw, int) and 0 <= raw <= 65535 and isinstance(c, int) and (0 <= c < d.num_classes or c == d.ignore_index)):
-            raise ConfigError(f"data.mask_values: {raw!r}: {c!r} must map a PNG value (0..65535) to a class index "
-                              f"(0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
+    _check_value_maps(d)
     bg = cfg.competition.background
     if bg is not None and not 0 <= bg < d.num_classes:
         raise ConfigError(f"competition.background: {bg} is not a class index (0..{d.num_classes - 1})")
@@ -438,3 +430,16 @@ def _check_fold_scheme(f) -> None:
             raise ConfigError(f"folds.assign: {g}: {k!r} must be a fold index 0..{f.k - 1}")
     if f.assign and sorted(set(f.assign.values())) != list(range(f.k)):
         raise ConfigError(f"folds.assign: every fold 0..{f.k - 1} needs a group (got {sorted(set(f.assign.values()))})")
+
+
+def _check_value_maps(d) -> None:
+    """data.category_map and data.mask_values point at a class index or the ignore index."""
+    for k, c in d.category_map.items():
+        if isinstance(k, bool) or not isinstance(k, int) or isinstance(c, bool) or not isinstance(c, int) \
+                or not (0 <= c < d.num_classes or c == d.ignore_index):
+            raise ConfigError(f"data.category_map: {k!r}: {c!r} must map a COCO category id (an integer) to a class "
+                              f"index (0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
+    for raw, c in d.mask_values.items():
+        if not (isinstance(raw, int) and 0 <= raw <= 65535 and isinstance(c, int) and (0 <= c < d.num_classes or c == d.ignore_index)):
+            raise ConfigError(f"data.mask_values: {raw!r}: {c!r} must map a PNG value (0..65535) to a class index "
+                              f"(0..{d.num_classes - 1}) or the ignore index {d.ignore_index}")
