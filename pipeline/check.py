@@ -12,7 +12,7 @@ from pipeline.competition.postprocess import rules_problems
 from pipeline.competition.truth import truth_problems
 from pipeline.config import Config
 from pipeline.data.coco import load_coco
-from pipeline.data.pool import folds_problems, labelled_pool
+from pipeline.data.pool import folded_splits, folds_problems, labelled_pool
 from pipeline.data.sources import open_split
 from pipeline.data.stats import check_label_share, label_stats
 from pipeline.engine.runtime import get_logger
@@ -59,9 +59,10 @@ def check_split(cfg: Config, split: str) -> tuple[int, list[str]]:
     return len(src), problems
 
 
-def _report(report: dict, name: str, problems: list[str]) -> None:
-    report[name] = {"problems": problems}
-    log.info("check: %s: %d problem(s)", name, len(problems))
+def _report(report: dict, name: str, problems: list[str], images: int | None = None) -> None:
+    report[name] = {"problems": problems} if images is None else {"images": images, "problems": problems}
+    counted = "" if images is None else f"{images} image(s), "
+    log.info("check: %s: %s%d problem(s)", name, counted, len(problems))
     for p in problems[:SHOWN]:
         log.info("  %s", p)
     if len(problems) > SHOWN:
@@ -74,15 +75,9 @@ def run(cfg: Config) -> dict:
         if getattr(cfg.data, split) is None:
             continue
         n, problems = check_split(cfg, split)
-        report[split] = {"images": n, "problems": problems}
-        log.info("check: %s: %d image(s), %d problem(s)", split, n, len(problems))
-        for p in problems[:SHOWN]:
-            log.info("  %s", p)
-        if len(problems) > SHOWN:
-            log.info("  ... and %d more", len(problems) - SHOWN)
+        _report(report, split, problems, n)
     if cfg.folds_csv.exists():
-        splits = set(cfg.folds.splits) | ({cfg.folds.holdout} if cfg.folds.holdout else set())
-        _, problems = folds_problems(cfg.folds_csv, splits)
+        _, problems = folds_problems(cfg.folds_csv, folded_splits(cfg))
         if not problems:
             try:
                 labelled_pool(cfg)
@@ -109,11 +104,14 @@ def _check_hand_edited(cfg: Config, report: dict) -> None:
     preds = cfg.preds_dir()
     if preds.is_dir():
         problems = []
-        for read in (lambda: read_manifest(preds) and [], lambda: _rules(preds / "postprocess.json", cfg)):
-            try:
-                problems += read() or []
-            except DataError as e:
-                problems.append(str(e))
+        try:
+            read_manifest(preds)
+        except DataError as e:
+            problems.append(str(e))
+        try:
+            problems += _rules(preds / "postprocess.json", cfg)
+        except DataError as e:  # not JSON at all
+            problems.append(str(e))
         _report(report, f"predictions {preds}", problems)
     board = Path(cfg.submissions) / "leaderboard.csv"
     if board.exists():

@@ -86,7 +86,8 @@ def _write(cfg: Config, partial: Path, members, rules_doc, half: bool) -> None:
     listed = []
     for m in members:
         name = f"{m.exp}_{'all' if m.fold < 0 else f'fold{m.fold}'}_{m.path.stem}.pt"
-        checkpoint.save_model(partial / "models" / name, checkpoint.model_only(checkpoint.load_weights(m.path), half))
+        checkpoint.save(partial / "models" / name, checkpoint.model_only(checkpoint.load_weights(m.path), half),
+                        keep_previous=False)
         _rebuilds(partial / "models" / name)
         listed.append({"exp": m.exp, "fold": m.fold, "file": f"models/{name}", "weight": m.weight})
     write_text(partial / "config.yaml", config_to_yaml(cfg))

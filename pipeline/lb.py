@@ -58,7 +58,7 @@ def choose(cfg: Config, k: int) -> list[dict]:
     hist = history(read_leaderboard(_board(cfg)), cfg.data.name)
     oof = {}
     for f in hist["file"]:
-        meta = read_submission_meta(Path(f)) if Path(f).exists() else {}
+        meta = read_submission_meta(Path(f))
         oof[f] = Path(meta["preds"]) / "oof" / "labels" if meta.get("preds") else None
     picked = pick(hist, k, oof)
     write_json(Path(cfg.submissions) / cfg.data.name / "pick.json", {"k": k, "picked": picked})

@@ -40,6 +40,11 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
             k = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(f"{path}: line {k + 2}, column {col}: {board[col].iloc[k]!r} is not a number")
         board[col] = values
+    if "metric" in board:
+        board["metric"] = board["metric"].fillna("miou")  # rows written before metrics were configurable
+    for kind in ("cv", "local"):
+        if f"{kind}_miou" in board and f"{kind}_score" in board:
+            board[f"{kind}_score"] = board[f"{kind}_score"].fillna(pd.to_numeric(board[f"{kind}_miou"], errors="coerce"))
     return board
 
 

@@ -10,6 +10,8 @@ from pipeline.errors import DataError
 
 TRAIN_ONLY = -1  # folds.csv fold of images that train in every fold and are never validated
 TAIL = "@tail"
+# how an image relates to the images its models trained on (folds.csv `kind`; test images too)
+NEW_GROUP, LATER_FRAMES, TRAIN_ONLY_KIND = "new_group", "later_frames", "train_only"
 
 
 def group_keys(stems: list[str], pattern: str) -> list[str]:
@@ -60,9 +62,9 @@ def validation_kind(group: str, fold: int, groups_by_fold: dict) -> str:
     """How a validation image relates to its fold's training images: `later_frames` when frames of its
     own drive train (a tail block), `new_group` when no frame of its group trains."""
     if fold == TRAIN_ONLY:
-        return "train_only"
+        return TRAIN_ONLY_KIND
     trains = any(base_group(group) == base_group(g) for f, gs in groups_by_fold.items() if f != fold for g in gs)
-    return "later_frames" if trains else "new_group"
+    return LATER_FRAMES if trains else NEW_GROUP
 
 
 def base_group(group: str) -> str:

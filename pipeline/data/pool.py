@@ -82,11 +82,15 @@ def folds_problems(path: Path, splits) -> tuple[pd.DataFrame | None, list[str]]:
     return df, []
 
 
+def folded_splits(cfg: Config) -> set[str]:
+    """The labelled splits folds.csv may name: the pooled ones and the holdout."""
+    return set(cfg.folds.splits) | ({cfg.folds.holdout} if cfg.folds.holdout else set())
+
+
 def read_folds(cfg: Config) -> pd.DataFrame:
     if not cfg.folds_csv.exists():
         raise DataError(f"{cfg.folds_csv}: not found; run `make folds DATA={cfg.data.name}` first")
-    splits = set(cfg.folds.splits) | ({cfg.folds.holdout} if cfg.folds.holdout else set())
-    df, problems = folds_problems(cfg.folds_csv, splits)
+    df, problems = folds_problems(cfg.folds_csv, folded_splits(cfg))
     if problems:
         more = f" (and {len(problems) - 1} more problem(s): `make check` lists them)" if len(problems) > 1 else ""
         raise DataError(problems[0] + more)

@@ -73,7 +73,3 @@ def model_only(state: dict, half: bool = False) -> dict:
     weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
     return {"model": weights, **{k: state[k] for k in ("model_cfg", "classes")}, "resize": state.get("resize"),
             "source": {k: state.get(k) for k in ("exp", "fold", "epoch", "val_score")}}
-
-
-def save_model(path: Path, state: dict) -> None:
-    write_with(Path(path), lambda f: torch.save(state, f))

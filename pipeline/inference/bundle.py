@@ -25,7 +25,7 @@ from pipeline.engine.runtime import Runtime
 from pipeline.errors import DataError
 from pipeline.inference.ensemble import Ensemble, Member, top_class
 from pipeline.inference.tta import build_tta
-from pipeline.io import read_json
+from pipeline.io import read_json, write_text
 
 BUNDLE = "bundle.json"
 # what the inference path imports, beyond the standard library: Kaggle's image ships most of them
@@ -57,17 +57,11 @@ def predict_folder(folder: Path, images: Path, out_csv: Path, device: str = "aut
     labels = {}
     for i, probs in ensemble.predict(test, list(range(len(test))), batch_size or cfg.infer.batch_size):
         if multilabel:  # as make infer-tta keeps them: float16, thresholded by the tuned rules
-            labels[i] = bits_from_probs(probs.numpy().astype(np.float16).astype(np.float32), rules)
+            labels[test.records[i].stem] = bits_from_probs(probs.numpy().astype(np.float16).astype(np.float32), rules)
         else:
-            labels[i] = top_class(probs)[0]
-    index = {id(r): k for k, r in enumerate(test.records)}
-    df = submission_table(test.records, lambda rec: labels[index[id(rec)]], cfg, rules)
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(f".{out_csv.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out_csv)
-    return out_csv
+            labels[test.records[i].stem] = top_class(probs)[0]
+    df = submission_table(test.records, lambda rec: labels[rec.stem], cfg, rules)
+    return write_text(Path(out_csv), df.to_csv(index=False))
 
 
 PREDICT_PY = '''"""Offline inference with a segpipe bundle (no network needed):

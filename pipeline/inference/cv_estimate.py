@@ -14,15 +14,14 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.data.groups import base_group
+from pipeline.data.groups import LATER_FRAMES, NEW_GROUP, base_group
 
 BLOCK_FRAMES = 10  # consecutive images of one group resampled together
-KINDS = ("new_group", "later_frames")
 
 
 def kinds_of_test(test_groups: list[str], training_groups) -> list[str]:
     trained = {base_group(g) for g in training_groups}
-    return ["later_frames" if base_group(g) in trained else "new_group" for g in test_groups]
+    return [LATER_FRAMES if base_group(g) in trained else NEW_GROUP for g in test_groups]
 
 
 def blocks_of(stems: list[str], groups: list[str], size: int = BLOCK_FRAMES) -> list[str]:

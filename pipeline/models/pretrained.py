@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -111,17 +112,37 @@ def map_lite_state(state: dict, encoder: nn.Module, path: str = "weights") -> di
     return out
 
 
-def load_offline_imagenet(encoder: nn.Module, encoder_name: str) -> str:
-    """Loads the installed ImageNet weights into `encoder`; returns the file used."""
-    path = weights_path(encoder_name)
+def read_state_dict(path: Path) -> dict:
+    """A weights file as a state dict of finite tensors with string names (a classifier file, an SMP
+    encoder or model, or {"state_dict": ...}); anything else names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: encoder weights file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a bad file
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({e})") from None
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise WeightsError(f"{path}: non-finite values in {len(bad)} tensor(s) (e.g. {bad[0]})")
-    nn.Module.load_state_dict(encoder, map_lite_state(state, encoder, path), strict=False)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict")
+    bad_keys = [k for k in state if not isinstance(k, str)]
+    if bad_keys:
+        raise WeightsError(f"{path}: parameter names must be strings, got {bad_keys[0]!r}: not a state dict")
+    not_tensor = [k for k, v in state.items() if not torch.is_tensor(v)]
+    if not_tensor:
+        raise WeightsError(f"{path}: {not_tensor[0]!r} is a {type(state[not_tensor[0]]).__name__}, not a tensor")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise WeightsError(f"{path}: non-finite values (NaN/inf) in {len(nonfinite)} tensor(s), e.g. {nonfinite[0]!r}: "
+                           "a damaged weights file")
+    return state
+
+
+def load_offline_imagenet(encoder: nn.Module, encoder_name: str) -> str:
+    """Loads the installed ImageNet weights into `encoder`; returns the file used."""
+    path = weights_path(encoder_name)
+    nn.Module.load_state_dict(encoder, map_lite_state(read_state_dict(path), encoder, path), strict=False)
     return path
 
 

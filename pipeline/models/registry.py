@@ -12,7 +12,7 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.errors import WeightsError
 from pipeline.models.deconvnet import DeconvNet
-from pipeline.models.pretrained import load_offline_imagenet, match_training_eps
+from pipeline.models.pretrained import load_offline_imagenet, match_training_eps, read_state_dict
 
 class SegModel(nn.Module):
     """Pads to `multiple`, runs the network, crops the logits back to the input size."""
@@ -34,33 +34,9 @@ class SegModel(nn.Module):
         return out[..., :h, :w]
 
 
-def _load_state(path: Path) -> dict:
-    if not path.is_file():
-        raise WeightsError(f"{path}: encoder weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise WeightsError(f"{path}: not a readable PyTorch weights file ({e})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict")
-    bad_keys = [k for k in state if not isinstance(k, str)]
-    if bad_keys:
-        raise WeightsError(f"{path}: parameter names must be strings, got {bad_keys[0]!r}: not a state dict")
-    not_tensor = [k for k, v in state.items() if not torch.is_tensor(v)]
-    if not_tensor:
-        raise WeightsError(f"{path}: {not_tensor[0]!r} is a {type(state[not_tensor[0]]).__name__}, not a tensor")
-    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite:
-        raise WeightsError(f"{path}: non-finite values (NaN/inf) in {len(nonfinite)} tensor(s), e.g. {nonfinite[0]!r}: "
-                           "a damaged weights file")
-    return state
-
-
 def _load_encoder(net: nn.Module, cfg: ModelConfig) -> None:
     path = Path(cfg.encoder_weights)
-    state = _load_state(path)
+    state = read_state_dict(path)
     if cfg.arch.lower() == "deconvnet":
         try:
             net.encoder.load_torchvision_vgg16_bn(state)
