@@ -48,7 +48,7 @@ def test_missing_config_file():
 @pytest.mark.parametrize("override,match", [
     ("train.channels_last=1", "train.channels_last: expected true or false, got 1"),
     ("train.epochs=true", "train.epochs: expected an integer, got True"),
-    ("train.lr_decoder=fast", "expected a number"), ("infer.tta=[hflip, scale:abc]", "unknown transform"),
+    ("train.lr_decoder=fast", "expected a number"), ("infer.tta=[hflip, scale:abc]", "scales must be numbers"),
     ("folds.group_regex='(('", "not a regular expression"), ("data.ignore_index=300", "0..255"),
     ("data.ignore_index=2", "not a class index"), ("train.max_steps_per_epoch=0", "trains nothing"),
     ("train.trackers=[wandb]", "unknown tracker"), ("model.params=5", "expected a mapping"),

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.config.choices import CHOICES, LOSSES, TRACKERS, parse_tta
 from pipeline.config.schema import (CompetitionConfig, Config, DataConfig, FoldsConfig, InferConfig, LossTerm,
                                     ModelConfig, PseudoConfig, SubmissionConfig, TrainConfig)
 from pipeline.errors import ConfigError
@@ -230,7 +231,7 @@ def _coerce(tp, value: Any, where: str):
             raise ConfigError(f"{where}: expected a number (finite), got {value!r}")
         return float(value)
     if tp is str:
-        if value is False and "off" in _CHOICES.get(where, ()):
+        if value is False and "off" in CHOICES.get(where, ()):
             return "off"  # YAML 1.1 reads a bare `off` as false
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -244,32 +245,9 @@ def _coerce(tp, value: Any, where: str):
     return value
 
 
-_CHOICES = {
-    "data.format": ("coco", "maskdir"),
-    "data.overlap": ("area_desc", "order", "priority", "ignore", "multilabel"),
-    "competition.task": ("single", "multilabel"),
-    "data.unlabelled": ("background", "ignore"),
-    "submission.rle_order": ("column", "row"),
-    "submission.format": ("rle", "prediction_string"),
-    "submission.image_id": ("stem", "file_name"),
-    "submission.nearest": ("centre", "corner"),
-    "train.optimizer": ("adamw", "sgd"),
-    "train.scheduler": ("cosine", "poly", "plateau", "none"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.on_change": ("refuse", "restart"),
-    "infer.refit": ("off", "with", "only"),
-    "infer.checkpoint": ("best", "swa"),
-    "competition.metric": ("miou", "miou_image", "dice_image_class"),
-}
-TRACKERS = ("tensorboard", "mlflow")
-LOSSES = ("ce", "bce", "dice", "focal", "lovasz")
-_TTA = re.compile(r"^(hflip|vflip|d4|none|scale:\d+(\.\d+)?(,\d+(\.\d+)?)*)$")
-
-
 def _validate(cfg: Config) -> None:
     """Cross-field checks, so a mistake fails here and not an hour into training."""
-    for key, allowed in _CHOICES.items():
+    for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
@@ -337,10 +315,7 @@ def _validate(cfg: Config) -> None:
         if name not in TRACKERS:
             raise ConfigError(f"train.trackers: unknown tracker {name!r} ({', '.join(TRACKERS)})")
     for name in cfg.infer.tta:
-        if not _TTA.match(name):
-            raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
-        if name.startswith("scale:") and any(float(x) <= 0 for x in name[6:].split(",")):
-            raise ConfigError(f"infer.tta: {name!r}: every scale must be > 0")
+        parse_tta(name)
 
 
 def _validate_windows(cfg: Config) -> None:
