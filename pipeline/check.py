@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.competition.leaderboard import read_leaderboard
 from pipeline.competition.postprocess import rules_problems
 from pipeline.competition.truth import truth_problems
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.coco import load_coco
 from pipeline.data.pool import folded_splits, folds_problems, labelled_pool
 from pipeline.data.sources import open_split
@@ -69,7 +69,7 @@ def _report(report: dict, name: str, problems: list[str], images: int | None = N
         log.info("  ... and %d more", len(problems) - SHOWN)
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     t0, report = time.time(), {}
     for split in ("train", "val", "test", "truth"):
         if getattr(cfg.data, split) is None:

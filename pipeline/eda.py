@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.coco import CocoSet, ann_to_rle, load_coco
 from pipeline.data.overlap import paint_order
 from pipeline.data.stats import LabelStats, check_label_share
@@ -255,7 +255,7 @@ def _report(summary: dict, plots: list[str], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: Config, split: str = "train") -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs(), *, split: str = "train") -> dict:
     out = cfg.out_dir / "eda"
     sc = getattr(cfg.data, split)
     root = Path(cfg.data.root)

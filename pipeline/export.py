@@ -14,7 +14,7 @@ import torch
 
 import pipeline
 from pipeline.competition.postprocess import read_rules
-from pipeline.config import Config, ModelConfig, config_to_yaml
+from pipeline.config import Config, ModelConfig, StageArgs, config_to_yaml
 from pipeline.engine import checkpoint
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import ConfigError, DataError, WeightsError
@@ -52,7 +52,9 @@ def _wheel(out: Path) -> Path:
     return wheels[-1]
 
 
-def run(cfg: Config, out: str | None, half: bool = False) -> Path:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
+    """`args.out`: the bundle folder; the word `half` stores fp16 weights."""
+    out, half = args.out, "half" in args.words
     if not out:
         raise ConfigError("export: name the bundle folder: segpipe export exp=<EXP> out=<dir>")
     folder = Path(out)

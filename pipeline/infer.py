@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, save_prediction
@@ -16,7 +16,7 @@ from pipeline.inference.tta import build_tta
 log = get_logger(__name__)
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     rt = Runtime.create(cfg.train, DistInfo())
     tta, folder = build_tta(cfg.infer.tta), PredictionFolder(cfg.preds_dir())
     by_fold, members = find_members(cfg)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, top_class
@@ -32,7 +32,7 @@ def pseudo_round(cfg: Config, members) -> int:
     return max(rounds) + 1
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     if cfg.competition.multilabel:
         raise ConfigError("make pseudo: pseudo-labels are built for the single-label task (one class per pixel)")
     rt = Runtime.create(cfg.train, DistInfo())

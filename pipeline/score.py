@@ -12,7 +12,7 @@ from pipeline.competition.metrics import competition_metric
 from pipeline.competition.truth import truth_problems
 from pipeline.competition.submission import (class_ids, image_key, output_label, prediction_masks, read_submission,
                                              validate)
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError
@@ -85,8 +85,8 @@ def _bar_chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: Config, sub: str | None = None) -> dict:
-    path = Path(sub) if sub else newest_submission(cfg)
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
+    path = Path(args.sub) if args.sub else newest_submission(cfg)
     result = score_submission(path, cfg)
     meta = read_submission_meta(path)
     board_path = Path(cfg.submissions) / "leaderboard.csv"

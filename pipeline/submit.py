@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.competition.submission import class_ids, submission_table
 from pipeline.competition.postprocess import bits_from_probs, read_rules
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError, SubmissionError
@@ -50,7 +50,7 @@ def _complete_manifest(preds: Path, stems: list[str]) -> dict:
     return manifest
 
 
-def run(cfg: Config) -> Path:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
     sc = cfg.submission
     preds = cfg.preds_dir()
     test = open_split(cfg.data, "test", labelled=False)

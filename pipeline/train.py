@@ -7,10 +7,10 @@ from pathlib import Path
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.competition.metrics import competition_metric
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
-from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool
+from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool, read_folds
 from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights, rarest_classes
 from pipeline.data.tiles import DecodedCache, GridTiles, TileDataset
 from pipeline.engine import checkpoint
@@ -29,8 +29,9 @@ from pipeline.models import build_model, input_norm
 log = get_logger(__name__)
 
 
-def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> dict:
     """Train cfg.fold; `hooks` are added after the built-in ones (tests inject faults this way)."""
+    dist = args.dist
     tc, rt = cfg.train, Runtime.create(cfg.train, dist)
     pool, table = labelled_pool(cfg)
     train_idx, val_idx = fold_indices(table, cfg.fold, str(cfg.folds_csv))
@@ -78,6 +79,12 @@ def _init_from(model, cfg: Config) -> None:
     except RuntimeError as e:
         raise TrainingError(f"train.init_from={src}: {path} does not fit this model: {str(e).splitlines()[0]}") from None
     log.info("  initialised from %s (epoch %s, val score %s)", path, state.get("epoch"), state.get("val_score"))
+
+
+def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
+    """Every fold of folds.csv in turn (fold -1 holds the images that train in every fold)."""
+    folds = sorted(int(k) for k in read_folds(cfg)["fold"].unique() if k >= 0)
+    return {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
 
 
 def _hooks(cfg: Config, run_dir, dist: DistInfo) -> list[Hook]:

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.competition.metrics import competition_metric
 from pipeline.competition.postprocess import evaluate, tune
 from pipeline.competition.submission import class_ids
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.pool import labelled_pool
 from pipeline.data.sources import read_label_png
 from pipeline.engine.runtime import get_logger
@@ -30,7 +30,7 @@ def _step(rec) -> int:
     return max(1, int((rec.height * rec.width / TUNE_PIXELS) ** 0.5))
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     bg = cfg.competition.background
     if bg is None:
         raise ConfigError("make tune: set competition.background (the class removed pixels become)")

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.competition.submission import (columns, encode_rows, output_label, prediction_masks, read_submission,
                                              validate)
-from pipeline.config import SubmissionConfig
+from pipeline.config import SubmissionConfig, StageArgs
 from pipeline.errors import SubmissionError
 
 NAMES = ["background", "Fish", "Flower", "Gravel"]
@@ -99,7 +99,7 @@ def test_scoring_a_prediction_string_submission_at_its_size(make_cfg, tmp_path):
     sub = submit.run(cfg)
     df = read_submission(sub, cfg.submission)
     assert len(df) == 6 and all(len(s.split()) == 64 * 80 for s in df["PredictionString"])
-    result = score.run(cfg, str(sub))
+    result = score.run(cfg, StageArgs(sub=str(sub)))
     meter = IoUMeter(6, 255)  # independent: label PNGs and truth, both resized with nearest neighbour
     for p in sorted((cfg.preds_dir() / "labels").glob("*.png")):
         pred = np.asarray(Image.open(p).resize((80, 64), Image.NEAREST))

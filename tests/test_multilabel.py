@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline.competition import rle
 from pipeline.competition.metrics import build_metric
-from pipeline.config import LossTerm, load_config
+from pipeline.config import LossTerm, load_config, StageArgs
 from pipeline.data.overlap import compose_label_map
 from pipeline.engine.losses import build_loss
 from pipeline.errors import ConfigError, DataError
@@ -139,7 +139,7 @@ def test_overlap_demo_end_to_end(tmp_path):
     path = submit.run(cfg)
     table = pd.read_csv(path, keep_default_na=False)
     assert len(table) == 6 * 4 and table["Image_Label"].str.endswith(("_scratch", "_pits", "_patch", "_crack")).all()
-    scored = score.run(cfg, str(path))
+    scored = score.run(cfg, StageArgs(sub=str(path)))
     # independent: decode every row and compute mean Dice per (image, class) at 48x80
     from pipeline.competition.submission import output_label
     from pipeline.data.sources import open_split

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pipeline import check, eda, folds, train
-from pipeline.config import DataConfig, SplitConfig, load_config
+from pipeline.config import DataConfig, SplitConfig, load_config, StageArgs
 from pipeline.data.coco import load_coco
 from pipeline.data.dataset import PadCollate
 from pipeline.data.pool import labelled_pool
@@ -238,5 +238,5 @@ def test_a_failed_score_records_nothing(make_cfg, monkeypatch):
 
     monkeypatch.setattr(score, "_bar_chart", read_only)
     with pytest.raises(PermissionError):
-        score.run(cfg, str(sub))
+        score.run(cfg, StageArgs(sub=str(sub)))
     assert not (sub.parent.parent / "leaderboard.csv").exists()

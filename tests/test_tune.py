@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.config import StageArgs
 from pipeline.competition.metrics import build_metric
 from pipeline.competition.postprocess import ClassRule, apply, evaluate, tune
 
@@ -79,7 +80,7 @@ def test_make_tune_then_submission_and_score(make_cfg):
     assert json.loads((preds / "postprocess.json").read_text())["rules"] == result["rules"]
     sub = submit.run(cfg)
     assert json.loads(sub.with_suffix(".json").read_text())["postprocess"] == result["rules"]
-    scored = score.run(cfg, str(sub))
+    scored = score.run(cfg, StageArgs(sub=str(sub)))
     assert scored["score"] > scored["score_without_postprocess"]
     raw = build_metric("miou", 6, 255)
     for k, rec in enumerate(truth.records):

@@ -12,23 +12,8 @@ import torch
 import torch.distributed as tdist
 
 from pipeline.config import TrainConfig
+from pipeline.config.invocation import DistInfo
 from pipeline.errors import TrainingError
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, environ) -> "DistInfo":
-        """torchrun's contract is its environment; the CLI reads it once and passes this down."""
-        return cls(int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)), int(environ.get("LOCAL_RANK", 0)))
 
 
 class _RankZero(logging.Filter):
