@@ -266,7 +266,7 @@ def run(cfg: Config, args: StageArgs = StageArgs(), *, split: str = "train") -> 
         if cfg.data.priority:
             names = {n: cid for cid, n in coco.categories.items()}
             prio = [names[n] for n in cfg.data.priority if n in names]
-        summary = coco_summary(coco, cfg.train.progress, prio)
+        summary = coco_summary(coco, cfg.runtime.progress, prio)
         if coco.skipped:
             summary["skipped_records"] = coco.skipped
         summary["duplicate_annotation_ids"] = coco.duplicate_annotation_ids
@@ -278,7 +278,7 @@ def run(cfg: Config, args: StageArgs = StageArgs(), *, split: str = "train") -> 
                 samples.append(_thumbnail(src.image(i), src.mask(i), src.records[i].stem))
     else:
         src = open_split(cfg.data, split)
-        summary = maskdir_summary(src, cfg.data.classes, cfg.train.progress)
+        summary = maskdir_summary(src, cfg.data.classes, cfg.runtime.progress)
         source = str(root / (sc.masks or ""))
         for i in range(min(4, len(src))):
             if src.records[i].path is not None:

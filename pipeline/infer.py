@@ -17,7 +17,7 @@ log = get_logger(__name__)
 
 
 def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
-    rt = Runtime.create(cfg.train, DistInfo())
+    rt = Runtime.create(cfg.runtime, DistInfo())
     tta, folder = build_tta(cfg.infer.tta), PredictionFolder(cfg.preds_dir())
     by_fold, members = find_members(cfg)
     test = open_split(cfg.data, "test", labelled=False)
@@ -25,7 +25,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
         multilabel = cfg.competition.multilabel  # probabilities always kept: make tune picks thresholds
         ensemble = Ensemble.from_config(cfg, members, rt, tta)
         preds = ensemble.predict(test, list(range(len(test))), cfg.infer.batch_size, cfg.infer.num_workers)
-        for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
+        for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.runtime.progress else True, leave=False):
             save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
                     "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],

@@ -32,7 +32,7 @@ log = get_logger(__name__)
 def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> dict:
     """Train cfg.fold; `hooks` are added after the built-in ones (tests inject faults this way)."""
     dist = args.dist
-    tc, rt = cfg.train, Runtime.create(cfg.train, dist)
+    tc, rt = cfg.train, Runtime.create(cfg.runtime, dist)
     pool, table = labelled_pool(cfg)
     train_idx, val_idx = fold_indices(table, cfg.fold, str(cfg.folds_csv))
     pseudo = None
@@ -131,11 +131,11 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
         bg = cfg.competition.background  # its value in a label map (multilabel: the background's bit alone)
         bg = 1 << bg if cfg.competition.multilabel else bg
         cache = DecodedCache(pool, cfg.out_dir / "cache" / "decoded", bg, cfg.data.ignore_index)
-        train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=tc.seed)
+        train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=cfg.runtime.seed)
     else:
-        train_ds = SegDataset(pool, train_idx, transform, seed=tc.seed)
+        train_ds = SegDataset(pool, train_idx, transform, seed=cfg.runtime.seed)
     sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                              seed=tc.seed, drop_last=dist.world > 1), len(train_ds))
+                                              seed=cfg.runtime.seed, drop_last=dist.world > 1), len(train_ds))
     drop_last = len(train_ds) // dist.world > tc.batch_size  # a batch of one breaks batch norm
     cuda = rt.device.type == "cuda"
     collate = PadCollate(cfg.data.ignore_index)  # images of different sizes batch together

@@ -5,7 +5,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 
-TINY = ["train.device=cpu", "model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
+TINY = ["runtime.device=cpu", "model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
         "train.batch_size=4", "train.epochs=2", "train.warmup_epochs=0"]
 
 ARCHS = [("deconvnet", "resnet34", {"width": 0.125, "fc_channels": 32}), ("Unet", "resnet18", {}),

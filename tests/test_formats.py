@@ -134,7 +134,7 @@ def test_trash_preset_on_generated_data_in_its_format(tmp_path, capsys):
         (data / f"{out}.json").write_text(json.dumps(doc))
     args = ["--configs", str(REPO / "configs"), "data=trash", f"data.root={data}", "data.val=null",
             "folds.splits=[train]", "folds.k=2", f"outputs={tmp_path / 'out'}", f"submissions={tmp_path / 'subs'}",
-            "train.progress=false", *TINY, "train.epochs=1", "train.max_steps_per_epoch=1", "infer.num_workers=0",
+            "runtime.progress=false", *TINY, "train.epochs=1", "train.max_steps_per_epoch=1", "infer.num_workers=0",
             "infer.tta=[]", "name=t"]
     for stage in ("check", "eda", "folds", "train-all", "infer", "submit"):
         assert main([stage, *args]) == 0, capsys.readouterr().err

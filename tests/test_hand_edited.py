@@ -34,7 +34,7 @@ def chain(make_cfg, demo_root, tmp_path, capsys):
     fake_runs(cfg)
     infer.run(cfg)
     common = [f"data.root={root}", f"outputs={tmp_path / 'outputs'}", f"submissions={tmp_path / 'submissions'}",
-              "train.progress=false", *TINY]
+              "runtime.progress=false", *TINY]
 
     def run(stage, *extra):
         capsys.readouterr()

@@ -3,7 +3,8 @@ number of members, and the same predictions with or without loader workers."""
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config import ModelConfig
+from pipeline.config.schema import RuntimeConfig
 from pipeline.data.sources import open_split
 from pipeline.engine import checkpoint
 from pipeline.engine.runtime import DistInfo, Runtime
@@ -40,7 +41,7 @@ def _members(tmp_path, classes, n=2):
 def test_each_image_is_decoded_once_and_workers_change_nothing(make_cfg, tmp_path):
     cfg = make_cfg()
     src = open_split(cfg.data, "train")
-    rt = Runtime.create(TrainConfig(device="cpu"), DistInfo())
+    rt = Runtime.create(RuntimeConfig(device="cpu"), DistInfo())
     ens = Ensemble(_members(tmp_path, list(cfg.data.classes)), rt, build_tta(["hflip"]))
     counting = CountingSource(src)
     idx = [0, 3, 5, 7, 8]

@@ -119,7 +119,7 @@ def test_overlap_demo_end_to_end(tmp_path):
 
     demo_defects.generate(tmp_path / "data", n_train=24, n_test=6, overlapping=True)
     over = [f"data.root={tmp_path / 'data'}", f"outputs={tmp_path / 'out'}", f"submissions={tmp_path / 'subs'}",
-            "train.device=cpu", "train.epochs=2", "train.swa_epochs=1", "train.progress=false", "train.batch_size=8",
+            "runtime.device=cpu", "train.epochs=2", "train.swa_epochs=1", "runtime.progress=false", "train.batch_size=8",
             "infer.num_workers=0", "infer.tta=[hflip]"]
     cfg = load_config("demo_overlap", exp="demo_overlap", overrides=over)
     summary = eda.run(cfg)

@@ -101,7 +101,7 @@ def test_inference_runs_with_the_weights_package_gone(make_cfg, monkeypatch):
     bare network and loads the checkpoint, and predicts what it predicted with the package there."""
     from pipeline import folds, infer, train
 
-    cfg = make_cfg("train.device=cpu", "model.encoder_name=tu-tf_efficientnet_lite0", "model.encoder_weights=imagenet",
+    cfg = make_cfg("runtime.device=cpu", "model.encoder_name=tu-tf_efficientnet_lite0", "model.encoder_weights=imagenet",
                    "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "folds.k=2",
                    "infer.folds=[0]", "infer.oof=false", "infer.save_probs=true")
     folds.run(cfg)

@@ -74,7 +74,7 @@ def _maskdir_cfg(root, tmp_path, *overrides, classes="[background, thing]"):
     return load_config("camvid", "unet", None, [
         f"data.root={root}", f"outputs={tmp_path / 'out'}", f"data.classes={classes}", "data.ignore_index=255",
         "data.train={images: images, masks: masks}", "data.val=null", "data.test=null", "folds.splits=[train]",
-        "folds.group_regex=null", "folds.tail=null", "folds.assign=null", "folds.k=2", "train.progress=false", *TINY, *overrides], 0, REPO / "configs")
+        "folds.group_regex=null", "folds.tail=null", "folds.assign=null", "folds.k=2", "runtime.progress=false", *TINY, *overrides], 0, REPO / "configs")
 
 
 def _binary_masks(n=6):

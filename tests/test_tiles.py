@@ -165,8 +165,8 @@ def test_slides_demo_end_to_end_at_a_small_size(tmp_path, monkeypatch):
 
     demo_slides.generate(tmp_path / "data", n_train=4, n_test=2, train_size=(192, 256), test_size=(300, 360))
     over = [f"data.root={tmp_path / 'data'}", f"outputs={tmp_path / 'out'}", f"submissions={tmp_path / 'subs'}",
-            "train.device=cpu", "train.epochs=2", "train.val_every=1", "train.tile=[64,64]", "train.tiles_per_image=4",
-            "train.progress=false", "infer.window=[96,96]", "infer.overlap=0.25", "infer.num_workers=0"]
+            "runtime.device=cpu", "train.epochs=2", "train.val_every=1", "train.tile=[64,64]", "train.tiles_per_image=4",
+            "runtime.progress=false", "infer.window=[96,96]", "infer.overlap=0.25", "infer.num_workers=0"]
     cfg = load_config("demo_slides", exp="demo_slides", overrides=over)
     folds.run(cfg)
     for k in range(cfg.folds.k):

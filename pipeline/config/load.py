@@ -18,14 +18,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.choices import CHOICES, LOSSES, TRACKERS, parse_tta
 from pipeline.config.schema import (CompetitionConfig, Config, DataConfig, FoldsConfig, InferConfig, LossTerm,
-                                    ModelConfig, PseudoConfig, SubmissionConfig, TrainConfig)
+                                    ModelConfig, PseudoConfig, RuntimeConfig, SubmissionConfig, TrainConfig)
 from pipeline.errors import ConfigError
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "infer": InferConfig,
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig, "infer": InferConfig,
             "folds": FoldsConfig, "submission": SubmissionConfig, "competition": CompetitionConfig,
             "pseudo": PseudoConfig}
 TOP_LEVEL = set(SECTIONS) | {"outputs", "submissions"}
 SAVED_ONLY = {"exp", "fold"}  # a resolved config.yaml also records the run it belongs to
+MOVED = {f"train.{k}": f"runtime.{k}" for k in ("device", "amp", "channels_last", "compile", "seed", "progress")}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -86,6 +87,7 @@ def _exp_layers(root: Path, exp: str, seen: tuple[str, ...] = ()) -> list[tuple[
 def _layer(kind: str, path: Path) -> dict:
     layer = _read_yaml(path)
     layer.pop("extends", None)
+    _refuse_moved(layer, str(path))
     if kind in ("data", "model") and not set(layer) & TOP_LEVEL:  # a data/model file may hold just its section
         layer = {kind: layer}
     bad = sorted(set(layer) & SAVED_ONLY)
@@ -108,6 +110,7 @@ def load_config(data: str = "demo", model: str = "unet", exp: str | None = None,
     for kind, path in layers:
         merged = _merge(merged, _layer(kind, path))
     for text in overrides:
+        _refuse_moved(parse_override(text), f"override {text!r}")
         merged = _merge(merged, parse_override(text))
     merged.setdefault("data", {}).setdefault("name", data)
     merged.setdefault("model", {}).setdefault("name", model)
@@ -119,15 +122,33 @@ def load_config(data: str = "demo", model: str = "unet", exp: str | None = None,
 def load_config_file(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                      fold: int | None = None) -> Config:
     """A resolved config.yaml saved in a run folder, with optional overrides: the same run again."""
-    merged = _read_yaml(Path(path))
+    merged = migrate_saved(_read_yaml(Path(path)))
     for text in overrides:
         merged = _merge(merged, parse_override(text))
     if fold is not None:
         merged["fold"] = fold
-    missing = sorted(set(SECTIONS) - set(merged))
+    missing = sorted(set(SECTIONS) - {"runtime"} - set(merged))
     if missing:
         raise ConfigError(f"{path}: not a resolved run config (no {missing}); pass data=/model=/exp= instead")
     return build_config(merged, where=str(path))
+
+
+def migrate_saved(saved: dict) -> dict:
+    """A config.yaml written before the runtime section existed, in today's layout (only files segpipe
+    wrote are migrated; a person's config with an old key is refused, naming the new one)."""
+    train, runtime = dict(saved.get("train") or {}), dict(saved.get("runtime") or {})
+    for old, new in MOVED.items():
+        key = old.split(".")[1]
+        if key in train:
+            runtime.setdefault(new.split(".")[1], train.pop(key))
+    return {**saved, "train": train, "runtime": runtime} if runtime else saved
+
+
+def _refuse_moved(resolved: dict, where: str) -> None:
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance(resolved.get(section), dict) and key in resolved[section]:
+            raise ConfigError(f"{where}: {old} is now {new} (one runtime section for every stage): rename it")
 
 
 def build_config(merged: dict, where: str = "config") -> Config:
@@ -135,6 +156,7 @@ def build_config(merged: dict, where: str = "config") -> Config:
         resolved = OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where}: interpolation failed: {str(e).splitlines()[0]}") from None
+    _refuse_moved(resolved, where)
     unknown = sorted(set(resolved) - TOP_LEVEL - SAVED_ONLY)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL)}")
