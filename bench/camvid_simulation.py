@@ -71,14 +71,15 @@ def score_by_kind(exp: str) -> dict:
     sys.path.insert(0, str(REPO))
     from pipeline.competition.metrics import competition_metric
     from pipeline.config import load_config
-    from pipeline.data.sources import open_split, read_label_png
+    from pipeline.data.sources import open_split
+    from pipeline.inference.outdir import Preds
 
     cfg = load_config("camvid_sim", "unet", exp, [], 0, REPO / "configs")
     truth = open_split(cfg.data, "truth")
     meters = {"new_drive": competition_metric(cfg), "later_frames": competition_metric(cfg)}
     for k, r in enumerate(truth.records):
         kind = "new_drive" if r.stem.startswith("0006R0") else "later_frames"
-        meters[kind].update(read_label_png(cfg.preds_dir() / "labels" / f"{r.stem}.png"), truth.mask(k))
+        meters[kind].update(Preds.of(cfg).read_label(r.stem), truth.mask(k))
     return {k: m.compute()["score"] for k, m in meters.items()}
 
 

@@ -15,6 +15,7 @@ from pipeline.competition.leaderboard import (add_public, history, pick, plot_cv
 from pipeline.config import Config, StageArgs
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import ConfigError
+from pipeline.inference.outdir import Preds
 from pipeline.io import write_json
 
 log = get_logger(__name__)
@@ -59,7 +60,7 @@ def choose(cfg: Config, k: int) -> list[dict]:
     oof = {}
     for f in hist["file"]:
         meta = read_submission_meta(Path(f))
-        oof[f] = Path(meta["preds"]) / "oof" / "labels" if meta.get("preds") else None
+        oof[f] = Preds(Path(meta["preds"])).oof.labels if meta.get("preds") else None
     picked = pick(hist, k, oof)
     write_json(Path(cfg.submissions) / cfg.data.name / "pick.json", {"k": k, "picked": picked})
     lines = [f"  {i + 1}. {p['submission']} (CV {p['cv']:.4f}"

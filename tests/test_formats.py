@@ -9,6 +9,7 @@ from pipeline.competition.submission import (columns, encode_rows, output_label,
                                              validate)
 from pipeline.config import SubmissionConfig, StageArgs
 from pipeline.errors import SubmissionError
+from pipeline.inference.outdir import Preds
 
 NAMES = ["background", "Fish", "Flower", "Gravel"]
 CLOUDS = SubmissionConfig(id_column="Image_Label", rle_column="EncodedPixels", id_template="{image}_{class_name}",
@@ -101,7 +102,7 @@ def test_scoring_a_prediction_string_submission_at_its_size(make_cfg, tmp_path):
     assert len(df) == 6 and all(len(s.split()) == 64 * 80 for s in df["PredictionString"])
     result = score.run(cfg, StageArgs(sub=str(sub)))
     meter = IoUMeter(6, 255)  # independent: label PNGs and truth, both resized with nearest neighbour
-    for p in sorted((cfg.preds_dir() / "labels").glob("*.png")):
+    for p in sorted((Preds.of(cfg).labels).glob("*.png")):
         pred = np.asarray(Image.open(p).resize((80, 64), Image.NEAREST))
         truth = np.asarray(Image.open(cfg.data_root / "test_truth" / p.name).resize((80, 64), Image.NEAREST))
         meter.update(pred, truth)

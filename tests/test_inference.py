@@ -11,6 +11,7 @@ from pipeline.engine.runtime import DistInfo, Runtime
 from pipeline.inference.ensemble import Ensemble, Member
 from pipeline.inference.tta import build_tta
 from pipeline.models import build_model
+from pipeline.inference.outdir import Preds
 
 
 class CountingSource:
@@ -69,14 +70,14 @@ def test_error_analysis_page_shows_the_worst_oof_images(make_cfg):
     cfg = make_cfg("infer.num_workers=0", "infer.tta=[]", "infer.analysis_images=3", name="ea")
     fake_runs(cfg)
     manifest = infer.run(cfg)
-    page = cfg.preds_dir() / "analysis"
+    page = Preds.of(cfg).analysis
     report = (page / "report.md").read_text()
     assert (page / "worst_00.png").exists() and (page / "iou_by_fold.png").exists()
     pool, _ = labelled_pool(cfg)
     scores = {}
     for i, rec in enumerate(pool.records):  # independent: every OOF label map against its truth
         m = IoUMeter(cfg.data.num_classes, cfg.data.ignore_index)
-        m.update(np.asarray(Image.open(cfg.preds_dir() / "oof" / "labels" / f"{rec.stem}.png")), pool.mask(i))
+        m.update(np.asarray(Image.open(Preds.of(cfg).oof.label(rec.stem))), pool.mask(i))
         scores[rec.stem] = m.compute()["miou"]
     rows = [line.split("|")[1:3] for line in report.splitlines() if "![" in line and "worst_" in line]
     listed = [(stem.strip(), float(score)) for stem, score in rows]
@@ -84,4 +85,4 @@ def test_error_analysis_page_shows_the_worst_oof_images(make_cfg):
     assert [s for _, s in listed] == pytest.approx(sorted(scores.values())[:3], abs=5e-4)  # the three lowest
     assert all(scores[stem] == pytest.approx(s, abs=5e-4) for stem, s in listed)
     assert "| fold 0 | fold 1 | fold 2 |" in report and "Most confused" in report
-    assert json.loads((cfg.preds_dir() / "manifest.json").read_text())["cv_miou"] == manifest["cv_miou"]
+    assert json.loads((Preds.of(cfg).manifest).read_text())["cv_miou"] == manifest["cv_miou"]

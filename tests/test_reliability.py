@@ -15,6 +15,7 @@ from pipeline.data.dataset import PadCollate
 from pipeline.data.pool import labelled_pool
 from pipeline.data.sources import open_split, read_image, read_label_png
 from pipeline.errors import DataError, SubmissionError
+from pipeline.inference.outdir import Preds
 from helpers import REPO, TINY, fake_runs, square, write_coco
 
 IMG = {"id": 1, "file_name": "a.png", "height": 10, "width": 12}
@@ -200,8 +201,8 @@ def test_interrupted_inference_leaves_the_previous_predictions_whole(make_cfg, m
     cfg = make_cfg("infer.num_workers=0", name="inf")
     fake_runs(cfg)
     first = infer.run(cfg)
-    preds = cfg.preds_dir()
-    before = {p.name: p.read_bytes() for p in (preds / "labels").glob("*.png")}
+    preds = Preds.of(cfg)
+    before = {p.name: p.read_bytes() for p in preds.labels.glob("*.png")}
     fake_runs(cfg, seed=100)  # other weights: a second inference would write other labels
     calls = {"n": 0}
     real = infer.save_prediction
@@ -215,12 +216,12 @@ def test_interrupted_inference_leaves_the_previous_predictions_whole(make_cfg, m
     monkeypatch.setattr(infer, "save_prediction", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         infer.run(cfg)
-    after = {p.name: p.read_bytes() for p in (preds / "labels").glob("*.png")}
+    after = {p.name: p.read_bytes() for p in preds.labels.glob("*.png")}
     assert after == before  # no mix of old and new label maps
-    assert json.loads((preds / "manifest.json").read_text())["cv_miou"] == first["cv_miou"]
+    assert json.loads(preds.manifest.read_text())["cv_miou"] == first["cv_miou"]
     assert not list(preds.parent.glob(".inf.partial-*"))
     assert submit.run(cfg).exists()
-    (preds / "manifest.json").unlink()
+    preds.manifest.unlink()
     with pytest.raises(DataError, match="manifest.json: not found: no complete prediction folder"):
         submit.run(cfg)
 

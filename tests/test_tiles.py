@@ -13,6 +13,7 @@ from pipeline.competition import rle
 from pipeline.data.dataset import IMAGENET
 from pipeline.data.tiles import DecodedCache, GridTiles, TileDataset, foreground_sample
 from pipeline.pixels import class_counts
+from pipeline.inference.outdir import Preds
 
 
 class ArraySource:
@@ -173,7 +174,7 @@ def test_slides_demo_end_to_end_at_a_small_size(tmp_path, monkeypatch):
         assert train.run(load_config("demo_slides", exp="demo_slides", fold=k, overrides=over))["epochs"] == 2
     manifest = infer.run(cfg)
     assert manifest["oof_images"] == 4 and manifest["test_images"] == 2
-    labels = sorted(p.name for p in (cfg.preds_dir() / "labels").iterdir())
+    labels = sorted(p.name for p in (Preds.of(cfg).labels).iterdir())
     assert labels == ["test00.png", "test01.png"]
     path = submit.run(cfg)
     table = pd.read_csv(path, keep_default_na=False)
