@@ -68,9 +68,7 @@ def _checkpoint(path: Path) -> None:
     mc = ModelConfig(name="bench", arch="deconvnet", params={"width": 0.0625, "fc_channels": 16})
     torch.manual_seed(0)
     model = build_model(mc, 3)
-    checkpoint.save(path, {"model": model.state_dict(), "optimizer": None, "epoch": 0,
-                           "model_cfg": mc.__dict__, "classes": ["a", "b", "c"], "resize": None},
-                    keep_previous=False)
+    checkpoint.save_model(path, model, mc, ["a", "b", "c"])
 
 
 def main():

@@ -38,6 +38,4 @@ def fake_runs(cfg, seed=0):
     for k in range(cfg.folds.k):
         torch.manual_seed(seed + k)
         model = build_model(mc, cfg.data.num_classes)
-        checkpoint.save(cfg.run_dir(fold=k) / "best.pt", {"model": model.state_dict(), "optimizer": None, "epoch": 0,
-                                                           "model_cfg": mc.__dict__, "classes": list(cfg.data.classes),
-                                                           "resize": None}, keep_previous=False)
+        checkpoint.save_model(cfg.run_dir(fold=k) / "best.pt", model, mc, cfg.data.classes)

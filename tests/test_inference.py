@@ -33,8 +33,7 @@ def _members(tmp_path, classes, n=2):
         mc = ModelConfig(name="tiny", arch="deconvnet", params={"width": 0.125, "fc_channels": 16})
         model = build_model(mc, len(classes))
         path = tmp_path / f"m{k}.pt"
-        checkpoint.save(path, {"model": model.state_dict(), "optimizer": None, "epoch": 0,
-                               "model_cfg": mc.__dict__, "classes": classes, "resize": None}, keep_previous=False)
+        checkpoint.save_model(path, model, mc, classes)
         out.append(Member("e", k, path, 1.0 + k))
     return out
 
