@@ -10,8 +10,12 @@ submission is scored on the pseudo-test's labels, and each CV figure is compared
 
     python bench/camvid_simulation.py [--exp camvid_lite0] [--args "train.epochs=12"]
 
-The layout is built under data/camvid_sim/ as symbolic links to ../shared/datasets/camvid (nothing
-copied). Results: bench/results/camvid_simulation.json and the stage logs beside it.
+Another draw of the same make-up: `--new-drive 0001TP --continued 0006R0 --later 23` holds out the
+dusk drive 0001TP whole and the last 23 frames of 0006R0 (73% / 27%), and folds what is left as
+0006R0 whole against the later half of 0016E5 (results under the name `--name`).
+
+The layout is built under data/<name>/ as symbolic links to ../shared/datasets/camvid (nothing
+copied). Results: bench/results/<name>.json and the stage logs in bench/results/<name>/.
 """
 from __future__ import annotations
 
@@ -26,18 +30,19 @@ from pathlib import Path
 from common import REPO, SHARED, machine
 
 CAMVID = SHARED / "camvid"
-LATER = 35  # the last frames of 0016E5 in the pseudo-test
+DRIVES = ("0001TP", "0006R0", "0016E5")  # the labelled drives (train and val splits together)
 
 
-def frames(split: str, drive: str) -> list[Path]:
-    return sorted((CAMVID / split / "images").glob(f"{drive}_*.jpg"))
+def frames(drive: str) -> list[Path]:
+    found = [p for split in ("train", "val") for p in (CAMVID / split / "images").glob(f"{drive}_*.jpg")]
+    return sorted(found, key=lambda p: int(p.stem.split("_")[1].lstrip("f")))
 
 
-def build_layout(root: Path) -> dict:
+def build_layout(root: Path, new_drive: str, continued: str, later: int) -> dict:
     """train/ (the labelled frames left), test/ (the pseudo-test images), test_masks/ (its labels)."""
-    e5 = sorted(frames("train", "0016E5") + frames("val", "0016E5"), key=lambda p: int(p.stem.split("_")[1]))
-    pseudo_test = frames("train", "0006R0") + e5[-LATER:]
-    labelled = frames("train", "0001TP") + e5[:-LATER]
+    cont = frames(continued)
+    pseudo_test = frames(new_drive) + cont[-later:]
+    labelled = [p for d in DRIVES if d not in (new_drive, continued) for p in frames(d)] + cont[:-later]
     for sub in ("train/images", "train/masks", "test/images", "test_masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -54,8 +59,8 @@ def build_layout(root: Path) -> dict:
         link(img.parent.parent / "masks" / f"{img.stem}.png", root / "test_masks" / f"{img.stem}.png")
         images.append({"id": k + 1, "file_name": f"test/images/{img.name}", "height": 360, "width": 480})
     (root / "test.json").write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
-    return {"labelled": len(labelled), "pseudo_test": len(pseudo_test), "pseudo_test_new_drive": len(pseudo_test) - LATER,
-            "pseudo_test_later_frames": LATER}
+    return {"labelled": len(labelled), "pseudo_test": len(pseudo_test), "pseudo_test_new_drive": len(pseudo_test) - later,
+            "pseudo_test_later_frames": later, "new_drive": new_drive, "continued": continued}
 
 
 def stage(name: str, exp: str, extra: list[str], log_dir: Path) -> float:
@@ -66,19 +71,22 @@ def stage(name: str, exp: str, extra: list[str], log_dir: Path) -> float:
     return round(time.time() - t, 1)
 
 
-def score_by_kind(exp: str) -> dict:
+def score_by_kind(exp: str, extra: list[str], new_drive: str) -> dict:
     """The pseudo-test score of each kind of frame, from the predicted label maps."""
     sys.path.insert(0, str(REPO))
     from pipeline.competition.metrics import competition_metric
     from pipeline.config import load_config
-    from pipeline.data.sources import open_split, read_label_png
+    from pipeline.data.sources import open_split
+    from pipeline.inference.outdir import Preds
 
-    cfg = load_config("camvid_sim", "unet", exp, [], 0, REPO / "configs")
+    overrides = [e for e in extra if "=" in e and e.split("=")[0] not in ("name",)]
+    name = next((e.split("=", 1)[1] for e in extra if e.startswith("name=")), None)
+    cfg = load_config("camvid_sim", "unet", exp, overrides, 0, REPO / "configs", name)
     truth = open_split(cfg.data, "truth")
     meters = {"new_drive": competition_metric(cfg), "later_frames": competition_metric(cfg)}
     for k, r in enumerate(truth.records):
-        kind = "new_drive" if r.stem.startswith("0006R0") else "later_frames"
-        meters[kind].update(read_label_png(cfg.preds_dir() / "labels" / f"{r.stem}.png"), truth.mask(k))
+        kind = "new_drive" if r.stem.startswith(new_drive) else "later_frames"
+        meters[kind].update(Preds.of(cfg).read_label(r.stem), truth.mask(k))
     return {k: m.compute()["score"] for k, m in meters.items()}
 
 
@@ -86,13 +94,23 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--exp", default="camvid_lite0")
     p.add_argument("--args", default="", help="key=value overrides for every stage")
+    p.add_argument("--new-drive", default="0006R0", help="the drive held out whole (the test's unseen drive)")
+    p.add_argument("--continued", default="0016E5", help="the drive whose last frames join the pseudo-test")
+    p.add_argument("--later", type=int, default=35, help="how many of its last frames")
+    p.add_argument("--name", default="camvid_simulation", help="results name (and data/<name>/ for the layout)")
     a = p.parse_args()
     extra = shlex.split(a.args)
-    out = REPO / "bench" / "results" / "camvid_simulation"
+    if a.name != "camvid_simulation":  # another draw: its own layout, runs and folds
+        rest = next(d for d in DRIVES if d not in (a.new_drive, a.continued))
+        extra = [f"data.root=data/{a.name}", f"name={a.exp}_{a.name}", f"folds.tail={{'{a.continued}': 0.5}}",
+                 f"folds.assign={{'{rest}': 0, '{a.continued}@tail': 1}}", *extra]
+    out = REPO / "bench" / "results" / a.name
     out.mkdir(parents=True, exist_ok=True)
-    layout = build_layout(REPO / "data" / "camvid_sim")
+    layout = build_layout(REPO / "data" / (a.name if a.name != "camvid_simulation" else "camvid_sim"),
+                          a.new_drive, a.continued, a.later)
     seconds = {s: stage(s, a.exp, extra, out) for s in ("folds", "train-all", "infer", "submit", "score")}
-    preds = REPO / "outputs" / "camvid_sim" / "preds" / a.exp
+    run_name = next((e.split("=", 1)[1] for e in extra if e.startswith("name=")), a.exp)
+    preds = REPO / "outputs" / "camvid_sim" / "preds" / run_name
     manifest = json.loads((preds / "manifest.json").read_text())
     import pandas as pd
 
@@ -100,7 +118,7 @@ def main():
     local = board[board["file"].astype(str).str.contains("camvid_sim")].iloc[-1]
     score_json = json.loads((preds / "oof" / "score.json").read_text())
     result = {"exp": a.exp, "args": extra, "layout": layout, "seconds": seconds,
-              "pseudo_test_score": float(local["local_score"]), "pseudo_test_score_by_kind": score_by_kind(a.exp),
+              "pseudo_test_score": float(local["local_score"]), "pseudo_test_score_by_kind": score_by_kind(a.exp, extra, a.new_drive),
               "submission": str(local["file"]),
               "cv": {"pooled_oof": manifest["cv_pooled"], "fold_mean": manifest["cv_fold_mean"],
                      "fold_std": manifest["cv_fold_std"], "folds": manifest["cv_folds"],
@@ -108,7 +126,7 @@ def main():
                      "test_matched_interval": manifest["cv_interval"]},
               "cv_test_matched": score_json.get("cv_test_matched"), "machine": machine(),
               "when": time.strftime("%Y-%m-%d %H:%M")}
-    (REPO / "bench" / "results" / "camvid_simulation.json").write_text(json.dumps(result, indent=2) + "\n")
+    (REPO / "bench" / "results" / f"{a.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

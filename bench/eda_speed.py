@@ -9,7 +9,6 @@ import argparse
 import itertools
 import time
 
-import numpy as np
 from common import SHARED, save
 
 from pipeline.data.coco import load_coco

@@ -54,8 +54,8 @@ def main():
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = generate(Path(tmp) / "demo", seed=0, n_train=100, n_test=1)
-        cfg = load_config("demo", "unet", "demo", [f"data.root={root}", f"outputs={tmp}/out", "train.progress=false",
-                                                   f"train.epochs={a.epochs}", "train.device=cpu"],
+        cfg = load_config("demo", "unet", "demo", [f"data.root={root}", f"outputs={tmp}/out", "runtime.progress=false",
+                                                   f"train.epochs={a.epochs}", "runtime.device=cpu"],
                           0, REPO / "configs")
         folds.run(cfg)
         train.run(cfg)

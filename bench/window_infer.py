@@ -23,7 +23,7 @@ sys.path.insert(0, {repo!r})
 cap, size, mode, window, overlap, ckpt = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), \\
     float(sys.argv[5]), sys.argv[6]
 import numpy as np, torch
-from pipeline.config import TrainConfig
+from pipeline.config.schema import RuntimeConfig
 from pipeline.data.coco import ImageRecord
 from pipeline.engine.runtime import DistInfo, Runtime
 from pipeline.inference.ensemble import Ensemble, Member, top_class
@@ -40,7 +40,7 @@ class OneImage:
         yy, xx = np.mgrid[0:size, 0:size // 64]
         return np.repeat(((yy % 251)[:, :, None] + np.arange(3)).astype(np.uint8), 64, axis=1)
 
-rt = Runtime.create(TrainConfig(device="cpu", amp="off", channels_last=False), DistInfo())
+rt = Runtime.create(RuntimeConfig(device="cpu", amp="off", channels_last=False), DistInfo())
 ens = Ensemble([Member("bench", 0, Path(ckpt), 1.0)], rt, build_tta([]),
                (window, window) if mode == "window" else None, overlap)
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -68,9 +68,7 @@ def _checkpoint(path: Path) -> None:
     mc = ModelConfig(name="bench", arch="deconvnet", params={"width": 0.0625, "fc_channels": 16})
     torch.manual_seed(0)
     model = build_model(mc, 3)
-    checkpoint.save(path, {"model": model.state_dict(), "optimizer": None, "epoch": 0,
-                           "model_cfg": mc.__dict__, "classes": ["a", "b", "c"], "resize": None},
-                    keep_previous=False)
+    checkpoint.save_model(path, model, mc, ["a", "b", "c"])
 
 
 def main():

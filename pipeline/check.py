@@ -10,14 +10,14 @@ from pathlib import Path
 from pipeline.competition.leaderboard import read_leaderboard
 from pipeline.competition.postprocess import rules_problems
 from pipeline.competition.truth import truth_problems
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.coco import load_coco
 from pipeline.data.pool import folded_splits, folds_problems, labelled_pool
 from pipeline.data.sources import open_split
 from pipeline.data.stats import check_label_share, label_stats
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError
-from pipeline.inference.outdir import read_manifest
+from pipeline.inference.outdir import Preds
 from pipeline.io import read_json
 
 log = get_logger(__name__)
@@ -69,7 +69,7 @@ def _report(report: dict, name: str, problems: list[str], images: int | None = N
         log.info("  ... and %d more", len(problems) - SHOWN)
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     t0, report = time.time(), {}
     for split in ("train", "val", "test", "truth"):
         if getattr(cfg.data, split) is None:
@@ -101,18 +101,18 @@ def _check_hand_edited(cfg: Config, report: dict) -> None:
             _report(report, "truth vs test list", truth_problems(truth, test, f"data.truth ({cfg.data.root})"))
         except DataError as e:
             _report(report, "truth vs test list", [str(e)])
-    preds = cfg.preds_dir()
-    if preds.is_dir():
+    preds = Preds.of(cfg)
+    if preds.root.is_dir():
         problems = []
         try:
-            read_manifest(preds)
+            preds.read_manifest()
         except DataError as e:
             problems.append(str(e))
         try:
-            problems += _rules(preds / "postprocess.json", cfg)
+            problems += _rules(preds.postprocess, cfg)
         except DataError as e:  # not JSON at all
             problems.append(str(e))
-        _report(report, f"predictions {preds}", problems)
+        _report(report, f"predictions {preds.root}", problems)
     board = Path(cfg.submissions) / "leaderboard.csv"
     if board.exists():
         try:

@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.coco import CocoSet, ann_to_rle, load_coco
 from pipeline.data.overlap import paint_order
 from pipeline.data.stats import LabelStats, check_label_share
@@ -255,7 +255,7 @@ def _report(summary: dict, plots: list[str], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: Config, split: str = "train") -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs(), *, split: str = "train") -> dict:
     out = cfg.out_dir / "eda"
     sc = getattr(cfg.data, split)
     root = Path(cfg.data.root)
@@ -266,7 +266,7 @@ def run(cfg: Config, split: str = "train") -> dict:
         if cfg.data.priority:
             names = {n: cid for cid, n in coco.categories.items()}
             prio = [names[n] for n in cfg.data.priority if n in names]
-        summary = coco_summary(coco, cfg.train.progress, prio)
+        summary = coco_summary(coco, cfg.runtime.progress, prio)
         if coco.skipped:
             summary["skipped_records"] = coco.skipped
         summary["duplicate_annotation_ids"] = coco.duplicate_annotation_ids
@@ -278,7 +278,7 @@ def run(cfg: Config, split: str = "train") -> dict:
                 samples.append(_thumbnail(src.image(i), src.mask(i), src.records[i].stem))
     else:
         src = open_split(cfg.data, split)
-        summary = maskdir_summary(src, cfg.data.classes, cfg.train.progress)
+        summary = maskdir_summary(src, cfg.data.classes, cfg.runtime.progress)
         source = str(root / (sc.masks or ""))
         for i in range(min(4, len(src))):
             if src.records[i].path is not None:

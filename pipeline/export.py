@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 
 import pipeline
-from pipeline.competition.postprocess import read_rules
-from pipeline.config import Config, ModelConfig, config_to_yaml
+from pipeline.config import Config, ModelConfig, StageArgs, config_to_yaml
 from pipeline.engine import checkpoint
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import ConfigError, DataError, WeightsError
 from pipeline.inference.bundle import BUNDLE, PREDICT_PY, REQUIREMENTS
 from pipeline.inference.ensemble import find_members
+from pipeline.inference.outdir import Preds
 from pipeline.io import write_json, write_text
 from pipeline.models import build_model
 
@@ -52,17 +52,17 @@ def _wheel(out: Path) -> Path:
     return wheels[-1]
 
 
-def run(cfg: Config, out: str | None, half: bool = False) -> Path:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
+    """`args.out`: the bundle folder; the word `half` stores fp16 weights."""
+    out, half = args.out, "half" in args.words
     if not out:
         raise ConfigError("export: name the bundle folder: segpipe export exp=<EXP> out=<dir>")
     folder = Path(out)
     if folder.exists() and any(folder.iterdir()):
         raise DataError(f"{folder}: exists and is not empty; export writes a new folder")
     _, members = find_members(cfg)
-    rules_doc = None
-    tuned = cfg.preds_dir() / "postprocess.json"
-    if cfg.submission.postprocess and tuned.exists():
-        rules_doc = read_rules(tuned, cfg.data.classes)[0]["rules"]
+    tuned = Preds.of(cfg).read_rules(cfg.data.classes)[0] if cfg.submission.postprocess else None
+    rules_doc = tuned["rules"] if tuned else None
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "models").mkdir(parents=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.groups import TRAIN_ONLY, explicit_folds, group_keys, split_tails, validation_kind
 from pipeline.data.sources import open_split
 from pipeline.errors import DataError
@@ -58,7 +58,7 @@ def balance(presence: np.ndarray, folds: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(cfg: Config) -> pd.DataFrame:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> pd.DataFrame:
     """Folds over the pooled labelled splits (folds.splits), grouped and stratified; optionally one
     more fold made of a competition-given holdout split (folds.holdout)."""
     stems, splits, parts = [], [], []

@@ -5,27 +5,28 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, save_prediction
 from pipeline.inference.oof import predict_oof
-from pipeline.inference.outdir import PredictionFolder
+from pipeline.inference.outdir import PredictionFolder, Preds
 from pipeline.inference.tta import build_tta
 
 log = get_logger(__name__)
 
 
-def run(cfg: Config) -> dict:
-    rt = Runtime.create(cfg.train, DistInfo())
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
+    rt = Runtime.create(cfg.runtime, DistInfo())
     tta, folder = build_tta(cfg.infer.tta), PredictionFolder(cfg.preds_dir())
     by_fold, members = find_members(cfg)
     test = open_split(cfg.data, "test", labelled=False)
-    with folder as out:
+    with folder as partial:
+        out = Preds(partial)
         multilabel = cfg.competition.multilabel  # probabilities always kept: make tune picks thresholds
         ensemble = Ensemble.from_config(cfg, members, rt, tta)
         preds = ensemble.predict(test, list(range(len(test))), cfg.infer.batch_size, cfg.infer.num_workers)
-        for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.train.progress else True, leave=False):
+        for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.runtime.progress else True, leave=False):
             save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
                     "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],
@@ -33,8 +34,8 @@ def run(cfg: Config) -> dict:
                     "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test),
                     "metric": cfg.competition.metric, "cv_score": None, "cv_miou": None}
         if cfg.infer.oof and by_fold:  # OOF figures always come from the fold models
-            manifest.update(predict_oof(cfg, by_fold, rt, tta, out / "oof", [r.stem for r in test.records]))
-        out = folder.commit(manifest)
+            manifest.update(predict_oof(cfg, by_fold, rt, tta, out, [r.stem for r in test.records]))
+        final = folder.commit(manifest)
     cv = ""
     if manifest["cv_score"] is not None:
         cv = (f", CV {manifest['metric']} {manifest['cv_pooled']:.4f} (OOF pooled; per fold "
@@ -43,5 +44,5 @@ def run(cfg: Config) -> dict:
             low, high = manifest["cv_interval"]
             cv += (f"; test-matched CV {manifest['cv_score']:.4f} (90% interval {low:.4f}..{high:.4f}): "
                    "the figure that estimates the leaderboard")
-    log.info("infer: %d test images x %d model(s) x %d TTA view(s) -> %s%s", len(test), len(members), len(tta), out, cv)
+    log.info("infer: %d test images x %d model(s) x %d TTA view(s) -> %s%s", len(test), len(members), len(tta), final, cv)
     return manifest

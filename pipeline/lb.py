@@ -12,9 +12,10 @@ import pandas as pd
 
 from pipeline.competition.leaderboard import (add_public, history, pick, plot_cv_vs_public, read_leaderboard,
                                               read_submission_meta)
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import ConfigError
+from pipeline.inference.outdir import Preds
 from pipeline.io import write_json
 
 log = get_logger(__name__)
@@ -59,7 +60,7 @@ def choose(cfg: Config, k: int) -> list[dict]:
     oof = {}
     for f in hist["file"]:
         meta = read_submission_meta(Path(f))
-        oof[f] = Path(meta["preds"]) / "oof" / "labels" if meta.get("preds") else None
+        oof[f] = Preds(Path(meta["preds"])).oof.labels if meta.get("preds") else None
     picked = pick(hist, k, oof)
     write_json(Path(cfg.submissions) / cfg.data.name / "pick.json", {"k": k, "picked": picked})
     lines = [f"  {i + 1}. {p['submission']} (CV {p['cv']:.4f}"
@@ -70,19 +71,16 @@ def choose(cfg: Config, k: int) -> list[dict]:
     return picked
 
 
-def run(cfg: Config, words: list[str], named: dict) -> object:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> object:
+    words = args.words
     action = words[0] if words else "show"
     if action == "add":
-        return add(cfg, words[1] if len(words) > 1 else named.get("sub"), named.get("public"),
-                   str(named.get("replace", "false")).lower() == "true")
+        return add(cfg, words[1] if len(words) > 1 else args.sub, args.public, args.replace)
     if action == "show" and len(words) <= 1:
         return show(cfg)
     raise ConfigError(f"lb: unknown action {' '.join(words)!r} (segpipe lb | segpipe lb add <file.csv> public=<score>)")
 
 
-def run_pick(cfg: Config, named: dict) -> list[dict]:
-    k = named.get("k") or "2"
-    if not str(k).isdigit() or int(k) < 1:
-        raise ConfigError(f"k={k}: expected a positive integer")
-    return choose(cfg, int(k))
+def run_pick(cfg: Config, args: StageArgs = StageArgs()) -> list[dict]:
+    return choose(cfg, args.k)
 

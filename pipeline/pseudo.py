@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, top_class
@@ -32,10 +32,10 @@ def pseudo_round(cfg: Config, members) -> int:
     return max(rounds) + 1
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     if cfg.competition.multilabel:
         raise ConfigError("make pseudo: pseudo-labels are built for the single-label task (one class per pixel)")
-    rt = Runtime.create(cfg.train, DistInfo())
+    rt = Runtime.create(cfg.runtime, DistInfo())
     _, members = find_members(cfg)
     images = open_split(cfg.data, cfg.pseudo.split, labelled=False)
     C, ign, thr = cfg.data.num_classes, cfg.data.ignore_index, cfg.pseudo.threshold
@@ -44,7 +44,7 @@ def run(cfg: Config) -> dict:
     with folder as out:
         preds = Ensemble.from_config(cfg, members, rt).predict(
             images, list(range(len(images))), cfg.infer.batch_size, cfg.infer.num_workers)
-        for i, p in tqdm(preds, total=len(images), desc="pseudo", disable=None if cfg.train.progress else True, leave=False):
+        for i, p in tqdm(preds, total=len(images), desc="pseudo", disable=None if cfg.runtime.progress else True, leave=False):
             label, conf = top_class(p, with_conf=True)
             sure = conf >= thr
             label[~sure] = ign

@@ -12,10 +12,11 @@ from pipeline.competition.metrics import competition_metric
 from pipeline.competition.truth import truth_problems
 from pipeline.competition.submission import (class_ids, image_key, output_label, prediction_masks, read_submission,
                                              validate)
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split, read_label_png
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError
+from pipeline.inference.outdir import Preds
 from pipeline.io import save_figure
 
 log = get_logger(__name__)
@@ -85,14 +86,15 @@ def _bar_chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: Config, sub: str | None = None) -> dict:
-    path = Path(sub) if sub else newest_submission(cfg)
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
+    path = Path(args.sub) if args.sub else newest_submission(cfg)
     result = score_submission(path, cfg)
     meta = read_submission_meta(path)
     board_path = Path(cfg.submissions) / "leaderboard.csv"
     read_leaderboard(board_path)  # a malformed leaderboard is refused before any work
-    if meta.get("postprocess") is not None and Path(meta.get("preds", "")).joinpath("labels").is_dir():
-        result["score_without_postprocess"] = score_labels(Path(meta["preds"]) / "labels", cfg)
+    preds = Preds(Path(meta["preds"])) if meta.get("preds") else None
+    if meta.get("postprocess") is not None and preds is not None and preds.labels.is_dir():
+        result["score_without_postprocess"] = score_labels(preds.labels, cfg)
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "data": cfg.data.name, "file": str(path),
            "experiments": "+".join(meta.get("experiments", [])) or meta.get("exp", ""),
            "folds": " ".join(str(f) for f in meta.get("folds", [])), "tta": " ".join(meta.get("tta", [])),

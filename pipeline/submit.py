@@ -7,15 +7,13 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.competition.submission import class_ids, submission_table
-from pipeline.competition.postprocess import bits_from_probs, read_rules
-from pipeline.config import Config
-from pipeline.data.sources import open_split, read_label_png
+from pipeline.competition.postprocess import bits_from_probs
+from pipeline.config import Config, StageArgs
+from pipeline.data.sources import open_split
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError, SubmissionError
-from pipeline.inference.outdir import read_manifest
+from pipeline.inference.outdir import Preds
 from pipeline.io import write_json, write_text
 
 log = get_logger(__name__)
@@ -38,10 +36,10 @@ def write_new_submission(cfg: Config, text: str) -> Path:
     raise SubmissionError(f"{folder}: 1000 submissions named {stamp}_*: no free name")
 
 
-def _complete_manifest(preds: Path, stems: list[str]) -> dict:
+def _complete_manifest(preds: Preds, stems: list[str]) -> dict:
     """The prediction folder's manifest, refusing a folder that is not one complete inference run."""
-    path = preds / "manifest.json"
-    manifest = read_manifest(preds)
+    path = preds.manifest
+    manifest = preds.read_manifest()
     listed = set(manifest["files"])
     if listed != set(stems):
         missing = sorted(set(stems) - listed)[:3]
@@ -50,34 +48,28 @@ def _complete_manifest(preds: Path, stems: list[str]) -> dict:
     return manifest
 
 
-def run(cfg: Config) -> Path:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
     sc = cfg.submission
-    preds = cfg.preds_dir()
+    preds = Preds.of(cfg)
     test = open_split(cfg.data, "test", labelled=False)
     manifest = _complete_manifest(preds, [r.stem for r in test.records])
-    rules, tuned = {}, preds / "postprocess.json"
-    multilabel = cfg.competition.multilabel
-    if sc.postprocess and tuned.exists():
-        tuned_doc, rules = read_rules(tuned, cfg.data.classes)
-        manifest = {**manifest, "postprocess": tuned_doc["rules"], "oof_after_postprocess": tuned_doc.get("oof_after")}
+    rules, multilabel = {}, cfg.competition.multilabel
+    if sc.postprocess:
+        tuned_doc, rules = preds.read_rules(cfg.data.classes)
+        if tuned_doc is not None:
+            manifest = {**manifest, "postprocess": tuned_doc["rules"], "oof_after_postprocess": tuned_doc.get("oof_after")}
 
     def label_of(rec):
-        path = preds / "labels" / f"{rec.stem}.png"
-        if not path.exists():
-            raise DataError(f"{path}: no prediction for test image {rec.stem!r}; run `make infer-tta` first")
-        label = read_label_png(path)
-        if label.shape != (rec.height, rec.width):
-            raise DataError(f"{path}: prediction is {label.shape[1]}x{label.shape[0]}, image is {rec.width}x{rec.height}")
+        label = preds.read_label(rec.stem, (rec.height, rec.width))
         if rules and multilabel:  # tuned thresholds act on the probabilities
-            with np.load(preds / "probs" / f"{rec.stem}.npz") as z:
-                label = bits_from_probs(z["probs"].astype(np.float32), rules)
+            label = bits_from_probs(preds.read_probs(rec.stem), rules)
         return label
 
     df = submission_table(test.records, label_of, cfg, rules)
     buf = io.StringIO()
     df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
     path = write_new_submission(cfg, buf.getvalue())
-    meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds),
+    meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds.root),
             **{k: v for k, v in manifest.items() if k != "files"}}
     write_json(path.with_suffix(".json"), meta, overwrite=False)
     log.info("submission: %d rows (%d images, %d classes, %s), validated -> %s", len(df), len(test), len(class_ids(cfg)),

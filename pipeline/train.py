@@ -7,10 +7,10 @@ from pathlib import Path
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.competition.metrics import competition_metric
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
-from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool
+from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool, read_folds
 from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights, rarest_classes
 from pipeline.data.tiles import DecodedCache, GridTiles, TileDataset
 from pipeline.engine import checkpoint
@@ -29,9 +29,10 @@ from pipeline.models import build_model, input_norm
 log = get_logger(__name__)
 
 
-def run(cfg: Config, dist: DistInfo = DistInfo(), hooks: list[Hook] = ()) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> dict:
     """Train cfg.fold; `hooks` are added after the built-in ones (tests inject faults this way)."""
-    tc, rt = cfg.train, Runtime.create(cfg.train, dist)
+    dist = args.dist
+    tc, rt = cfg.train, Runtime.create(cfg.runtime, dist)
     pool, table = labelled_pool(cfg)
     train_idx, val_idx = fold_indices(table, cfg.fold, str(cfg.folds_csv))
     pseudo = None
@@ -80,6 +81,12 @@ def _init_from(model, cfg: Config) -> None:
     log.info("  initialised from %s (epoch %s, val score %s)", path, state.get("epoch"), state.get("val_score"))
 
 
+def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
+    """Every fold of folds.csv in turn (fold -1 holds the images that train in every fold)."""
+    folds = sorted(int(k) for k in read_folds(cfg)["fold"].unique() if k >= 0)
+    return {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
+
+
 def _hooks(cfg: Config, run_dir, dist: DistInfo) -> list[Hook]:
     hooks: list[Hook] = [EarlyStopping(cfg.train.patience)]  # every rank: the stop decision must agree
     if dist.main:
@@ -124,11 +131,11 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
         bg = cfg.competition.background  # its value in a label map (multilabel: the background's bit alone)
         bg = 1 << bg if cfg.competition.multilabel else bg
         cache = DecodedCache(pool, cfg.out_dir / "cache" / "decoded", bg, cfg.data.ignore_index)
-        train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=tc.seed)
+        train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=cfg.runtime.seed)
     else:
-        train_ds = SegDataset(pool, train_idx, transform, seed=tc.seed)
+        train_ds = SegDataset(pool, train_idx, transform, seed=cfg.runtime.seed)
     sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                              seed=tc.seed, drop_last=dist.world > 1), len(train_ds))
+                                              seed=cfg.runtime.seed, drop_last=dist.world > 1), len(train_ds))
     drop_last = len(train_ds) // dist.world > tc.batch_size  # a batch of one breaks batch norm
     cuda = rt.device.type == "cuda"
     collate = PadCollate(cfg.data.ignore_index)  # images of different sizes batch together

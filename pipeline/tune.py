@@ -11,11 +11,11 @@ import numpy as np
 from pipeline.competition.metrics import competition_metric
 from pipeline.competition.postprocess import evaluate, tune
 from pipeline.competition.submission import class_ids
-from pipeline.config import Config
+from pipeline.config import Config, StageArgs
 from pipeline.data.pool import labelled_pool
-from pipeline.data.sources import read_label_png
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import ConfigError, DataError
+from pipeline.inference.outdir import Preds
 from pipeline.io import write_json
 
 log = get_logger(__name__)
@@ -30,32 +30,28 @@ def _step(rec) -> int:
     return max(1, int((rec.height * rec.width / TUNE_PIXELS) ** 0.5))
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     bg = cfg.competition.background
     if bg is None:
         raise ConfigError("make tune: set competition.background (the class removed pixels become)")
-    oof = cfg.preds_dir() / "oof" / "labels"
-    if not oof.is_dir():
-        raise DataError(f"{oof}: no OOF predictions; run `make infer-tta` (with infer.oof=true) first")
+    folder = Preds.of(cfg)
+    oof = folder.oof
+    if not oof.labels.is_dir():
+        raise DataError(f"{oof.labels}: no OOF predictions; run `make infer-tta` (with infer.oof=true) first")
     pool, table = labelled_pool(cfg)
     preds, truths, folds = [], [], []
     multilabel = cfg.competition.multilabel
     for _, row in table.iterrows():
-        path = oof / f"{row['image_id']}.png"
-        if path.exists():
+        if oof.label(row["image_id"]).exists():
             step = _step(pool.records[int(row["index"])])
             if multilabel:  # the float16 probabilities, so thresholds can be searched
-                probs = oof.parent / "probs" / f"{row['image_id']}.npz"
-                if not probs.exists():
-                    raise DataError(f"{probs}: no OOF probabilities; run `make infer-tta` again")
-                with np.load(probs) as z:
-                    preds.append(z["probs"][:, ::step, ::step].astype(np.float32))
+                preds.append(oof.read_probs(row["image_id"])[:, ::step, ::step])
             else:
-                preds.append(read_label_png(path)[::step, ::step])
+                preds.append(oof.read_label(row["image_id"])[::step, ::step])
             truths.append(pool.mask(int(row["index"]))[::step, ::step])
             folds.append(int(row["fold"]))
     if not preds:
-        raise DataError(f"{oof}: no OOF label map matches folds.csv")
+        raise DataError(f"{oof.labels}: no OOF label map matches folds.csv")
     classes, folds = class_ids(cfg), np.array(folds)
 
     def metric():
@@ -82,8 +78,8 @@ def run(cfg: Config) -> dict:
               "rejected": {} if rules else tuned,
               "oof_before": before, "oof_after": after, "holdout": holdout,
               "holdout_gain_mean": float(np.mean(gains)) if gains else None}
-    write_json(cfg.preds_dir() / "postprocess.json", result)
+    write_json(folder.postprocess, result)
     log.info("tune: %s on %d OOF images %.4f -> %.4f (tuned on them); on folds held out of the tuning %+.4f on average; "
              "%d class rule(s) -> %s", result["metric"], len(preds), before, after, result["holdout_gain_mean"] or 0.0,
-             len(rules), cfg.preds_dir() / "postprocess.json")
+             len(rules), folder.postprocess)
     return result

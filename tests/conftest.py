@@ -26,7 +26,7 @@ def make_cfg(demo_root, tmp_path):
 
     def make(*overrides, data="demo", model="unet", exp=None, fold=0, root=None, name=None):
         base = [f"data.root={root or demo_root}", f"outputs={tmp_path / 'outputs'}",
-                f"submissions={tmp_path / 'submissions'}", "train.progress=false"]
+                f"submissions={tmp_path / 'submissions'}", "runtime.progress=false"]
         return load_config(data, model, exp, base + list(overrides), fold, REPO / "configs", name)
 
     return make

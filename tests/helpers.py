@@ -5,7 +5,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 
-TINY = ["train.device=cpu", "model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
+TINY = ["runtime.device=cpu", "model.arch=deconvnet", "model.params={width: 0.125, fc_channels: 32}",
         "train.batch_size=4", "train.epochs=2", "train.warmup_epochs=0"]
 
 ARCHS = [("deconvnet", "resnet34", {"width": 0.125, "fc_channels": 32}), ("Unet", "resnet18", {}),
@@ -38,6 +38,4 @@ def fake_runs(cfg, seed=0):
     for k in range(cfg.folds.k):
         torch.manual_seed(seed + k)
         model = build_model(mc, cfg.data.num_classes)
-        checkpoint.save(cfg.run_dir(fold=k) / "best.pt", {"model": model.state_dict(), "optimizer": None, "epoch": 0,
-                                                           "model_cfg": mc.__dict__, "classes": list(cfg.data.classes),
-                                                           "resize": None}, keep_previous=False)
+        checkpoint.save_model(cfg.run_dir(fold=k) / "best.pt", model, mc, cfg.data.classes)

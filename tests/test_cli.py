@@ -10,7 +10,7 @@ from helpers import REPO, TINY
 
 @pytest.fixture
 def run_cli(demo_root, tmp_path, capsys):
-    base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "train.progress=false", *TINY]
+    base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "runtime.progress=false", *TINY]
 
     def run(stage, *extra, folds_first=True):
         if folds_first:
@@ -34,7 +34,7 @@ def _one_line(rc, err, stage, match):
 @pytest.mark.parametrize("extra,match", [
     (["fold=abc"], "fold=abc: expected an integer"),
     (["exp=nosuch"], "exp=nosuch: no file"),
-    (["train.channels_last=1"], "expected true or false"),
+    (["runtime.channels_last=1"], "expected true or false"),
     (["fold=9"], "fold 9 is not in"),  # DataError
 ])
 def test_user_errors_are_one_line(run_cli, extra, match):
@@ -49,7 +49,7 @@ def test_missing_data_is_one_line(run_cli):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_cuda_is_one_line(run_cli):
-    rc, _, err = run_cli("train", "train.device=cuda")
+    rc, _, err = run_cli("train", "runtime.device=cuda")
     _one_line(rc, err, "train", "no CUDA device")
 
 

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.config import StageArgs
 from pipeline.competition.metrics import build_metric
 
 IGN = 255
@@ -116,7 +117,7 @@ def test_the_configured_metric_drives_training_oof_and_score(make_cfg):
     assert "dice_image_class_background" not in m.columns  # only the scored classes
     manifest = infer.run(cfg)
     assert manifest["metric"] == "dice_image_class" and 0 <= manifest["cv_score"] <= 1
-    result = score.run(cfg, str(submit.run(cfg)))
+    result = score.run(cfg, StageArgs(sub=str(submit.run(cfg))))
     assert result["metric"] == "dice_image_class" and list(result["per_class"]) == ["bottle", "bag", "can"]
     board = pd.read_csv(cfg.submissions + "/leaderboard.csv")
     assert board["metric"][0] == "dice_image_class" and board["cv_score"][0] == pytest.approx(manifest["cv_score"])

@@ -46,9 +46,9 @@ def test_missing_config_file():
 
 
 @pytest.mark.parametrize("override,match", [
-    ("train.channels_last=1", "train.channels_last: expected true or false, got 1"),
+    ("runtime.channels_last=1", "runtime.channels_last: expected true or false, got 1"),
     ("train.epochs=true", "train.epochs: expected an integer, got True"),
-    ("train.lr_decoder=fast", "expected a number"), ("infer.tta=[hflip, scale:abc]", "unknown transform"),
+    ("train.lr_decoder=fast", "expected a number"), ("infer.tta=[hflip, scale:abc]", "scales must be numbers"),
     ("folds.group_regex='(('", "not a regular expression"), ("data.ignore_index=300", "0..255"),
     ("data.ignore_index=2", "not a class index"), ("train.max_steps_per_epoch=0", "trains nothing"),
     ("train.trackers=[wandb]", "unknown tracker"), ("model.params=5", "expected a mapping"),
@@ -103,6 +103,34 @@ def test_saved_config_loads_back_identical(tmp_path):
     assert load_config_file(path) == cfg
     again = load_config_file(path, ["train.epochs=7"], fold=1)
     assert again.train.epochs == 7 and again.fold == 1 and again.exp == cfg.exp
+
+
+@pytest.mark.parametrize("old,new", [("train.amp=bf16", "runtime.amp"), ("train.device=cpu", "runtime.device"),
+                                     ("train.seed=1", "runtime.seed"), ("train.progress=false", "runtime.progress")])
+def test_a_moved_key_is_refused_naming_its_new_place(old, new, tmp_path):
+    with pytest.raises(ConfigError, match=f"{re.escape(old.split('=')[0])} is now {new}"):
+        load_config("demo", "unet", None, [old], 0, REPO / "configs")
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(REPO / "configs" / "base.yaml", tmp_path / "base.yaml")
+    shutil.copytree(REPO / "configs" / "data", tmp_path / "data")
+    shutil.copytree(REPO / "configs" / "model", tmp_path / "model")
+    key, value = old.split("=")
+    (exp / "mine.yaml").write_text(f"train:\n  {key.split('.')[1]}: {value}\n")
+    with pytest.raises(ConfigError, match=f"mine.yaml: {re.escape(key)} is now {new}"):
+        load_config("demo", "unet", "mine", [], 0, tmp_path)
+
+
+def test_a_config_saved_before_the_runtime_section_loads_as_the_same_run(tmp_path):
+    cfg = load_config("demo", "unet", None, ["runtime.amp=bf16", "runtime.seed=7"], 0, REPO / "configs")
+    text = config_to_yaml(cfg)
+    old = text.replace("runtime:\n", "old_runtime:\n")  # the old layout: these keys under train
+    import yaml
+    doc = yaml.safe_load(text)
+    doc["train"].update(doc.pop("runtime"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert old != text and load_config_file(path) == cfg
 
 
 def _all_config_files():

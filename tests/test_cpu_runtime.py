@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config import ModelConfig
+from pipeline.config.schema import RuntimeConfig
 from pipeline.engine.runtime import Runtime, amp_dtype, cpu_has_native_bf16
 from pipeline.errors import TrainingError
 from pipeline.models import build_model
@@ -22,7 +23,7 @@ def test_amp_modes_on_the_cpu():
 
 
 def test_runtime_applies_channels_last_on_the_cpu():
-    rt = Runtime.create(TrainConfig(device="cpu", amp="bf16", channels_last=True))
+    rt = Runtime.create(RuntimeConfig(device="cpu", amp="bf16", channels_last=True))
     assert rt.dtype is torch.bfloat16 and rt.channels_last
     model = rt.prepare(build_model(ModelConfig("t", "Unet", "resnet18"), 3))
     conv = model.net.encoder.conv1.weight
@@ -31,7 +32,7 @@ def test_runtime_applies_channels_last_on_the_cpu():
     assert x.is_contiguous(memory_format=torch.channels_last)
     with rt.autocast():
         assert model(x).dtype is torch.bfloat16
-    off = Runtime.create(TrainConfig(device="cpu", amp="off", channels_last=False))
+    off = Runtime.create(RuntimeConfig(device="cpu", amp="off", channels_last=False))
     assert off.dtype is None and not off.channels_last
 
 
@@ -50,7 +51,7 @@ def _one_step(rt: Runtime, seed=0):
 
 
 def test_a_bf16_cpu_step_changes_the_fp32_weights():
-    before, after = _one_step(Runtime.create(TrainConfig(device="cpu", amp="bf16")))
+    before, after = _one_step(Runtime.create(RuntimeConfig(device="cpu", amp="bf16")))
     changed = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
     assert changed, "a bf16 step left every weight unchanged"
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
@@ -58,7 +59,7 @@ def test_a_bf16_cpu_step_changes_the_fp32_weights():
 
 def test_the_fp32_path_is_plain_fp32():
     """amp=off computes exactly what a loop with no autocast computes."""
-    _, a = _one_step(Runtime.create(TrainConfig(device="cpu", amp="off", channels_last=False)))
+    _, a = _one_step(Runtime.create(RuntimeConfig(device="cpu", amp="off", channels_last=False)))
     torch.manual_seed(0)
     model = build_model(ModelConfig("t", "Unet", "resnet18"), 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -74,7 +75,7 @@ def test_ema_model_keeps_the_training_layout():
     """Validation runs the EMA copy: it must be channels_last like the model it averages."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    rt = Runtime.create(TrainConfig(device="cpu", amp="bf16", channels_last=True))
+    rt = Runtime.create(RuntimeConfig(device="cpu", amp="bf16", channels_last=True))
     model = rt.prepare(build_model(ModelConfig("t", "Unet", "resnet18"), 3))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     ema.update_parameters(model)

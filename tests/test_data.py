@@ -7,7 +7,7 @@ from PIL import Image
 from pipeline.config import DataConfig, SplitConfig
 from pipeline.data.coco import DataError, load_coco
 from pipeline.data.overlap import compose_label_map
-from pipeline.data.sources import CocoSource, MaskDirSource, open_split
+from pipeline.data.sources import open_split
 from helpers import square, write_coco
 
 IMG = {"id": 1, "file_name": "a.png", "height": 10, "width": 12}

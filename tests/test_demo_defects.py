@@ -25,7 +25,7 @@ def test_generator_is_deterministic_with_many_empty_images(tmp_path):
 def test_defects_chain_end_to_end(tmp_path, capsys):
     root = generate(tmp_path / "d", seed=1, n_train=18, n_test=4)
     args = ["--configs", str(REPO / "configs"), "data=demo_defects", f"data.root={root}", f"outputs={tmp_path / 'o'}",
-            f"submissions={tmp_path / 's'}", "train.progress=false", *TINY, "train.epochs=1", "train.max_steps_per_epoch=1",
+            f"submissions={tmp_path / 's'}", "runtime.progress=false", *TINY, "train.epochs=1", "train.max_steps_per_epoch=1",
             "infer.num_workers=0", "infer.tta=[]", "name=dd"]
     for stage in ("check", "folds", "train-all", "infer", "tune", "submit", "score"):
         assert main([stage, *args]) == 0, capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.config import DataConfig, SplitConfig
+from pipeline.config import DataConfig
 from pipeline.data.coco import ann_to_rle, load_coco
 from pipeline.data.sources import MaskDirSource
 from pipeline.eda import coco_summary, maskdir_summary

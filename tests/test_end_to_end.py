@@ -13,7 +13,7 @@ from helpers import REPO, TINY
 @pytest.fixture
 def cli(demo_root, tmp_path):
     common = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}",
-              f"submissions={tmp_path / 'submissions'}", "train.progress=false", *TINY]
+              f"submissions={tmp_path / 'submissions'}", "runtime.progress=false", *TINY]
 
     def run(stage, *extra):
         return main([stage, "--configs", str(REPO / "configs"), "name=e2e", *common, *extra])

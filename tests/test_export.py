@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.config import StageArgs
 from pipeline import export, infer, submit
 from pipeline.competition.submission import read_submission
 from pipeline.data.sources import open_split
@@ -23,10 +24,10 @@ def test_bundle_predicts_offline_what_make_submission_writes(make_cfg, tmp_path)
     fake_runs(cfg)
     infer.run(cfg)
     expected = read_submission(submit.run(cfg), cfg.submission)
-    bundle = export.run(cfg, str(tmp_path / "bundle"))
+    bundle = export.run(cfg, StageArgs(out=str(tmp_path / "bundle")))
     assert (bundle / "predict.py").exists() and list((bundle / "wheels").glob("segpipe-*.whl"))
     with pytest.raises(DataError, match="not empty"):
-        export.run(cfg, str(bundle))
+        export.run(cfg, StageArgs(out=str(bundle)))
 
     images = tmp_path / "test_images"  # the competition's test folder: the test images, nothing else
     images.mkdir()
@@ -69,5 +70,5 @@ def test_a_member_that_cannot_be_rebuilt_is_refused(make_cfg, tmp_path):
     state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # weights of another network
     torch.save(state, best)
     with pytest.raises(DataError, match="cannot be rebuilt from the bundle"):
-        export.run(cfg, str(tmp_path / "bundle"))
+        export.run(cfg, StageArgs(out=str(tmp_path / "bundle")))
     assert not (tmp_path / "bundle").exists()

@@ -7,8 +7,9 @@ import pytest
 
 from pipeline.competition.submission import (columns, encode_rows, output_label, prediction_masks, read_submission,
                                              validate)
-from pipeline.config import SubmissionConfig
+from pipeline.config import SubmissionConfig, StageArgs
 from pipeline.errors import SubmissionError
+from pipeline.inference.outdir import Preds
 
 NAMES = ["background", "Fish", "Flower", "Gravel"]
 CLOUDS = SubmissionConfig(id_column="Image_Label", rle_column="EncodedPixels", id_template="{image}_{class_name}",
@@ -99,9 +100,9 @@ def test_scoring_a_prediction_string_submission_at_its_size(make_cfg, tmp_path):
     sub = submit.run(cfg)
     df = read_submission(sub, cfg.submission)
     assert len(df) == 6 and all(len(s.split()) == 64 * 80 for s in df["PredictionString"])
-    result = score.run(cfg, str(sub))
+    result = score.run(cfg, StageArgs(sub=str(sub)))
     meter = IoUMeter(6, 255)  # independent: label PNGs and truth, both resized with nearest neighbour
-    for p in sorted((cfg.preds_dir() / "labels").glob("*.png")):
+    for p in sorted((Preds.of(cfg).labels).glob("*.png")):
         pred = np.asarray(Image.open(p).resize((80, 64), Image.NEAREST))
         truth = np.asarray(Image.open(cfg.data_root / "test_truth" / p.name).resize((80, 64), Image.NEAREST))
         meter.update(pred, truth)
@@ -134,7 +135,7 @@ def test_trash_preset_on_generated_data_in_its_format(tmp_path, capsys):
         (data / f"{out}.json").write_text(json.dumps(doc))
     args = ["--configs", str(REPO / "configs"), "data=trash", f"data.root={data}", "data.val=null",
             "folds.splits=[train]", "folds.k=2", f"outputs={tmp_path / 'out'}", f"submissions={tmp_path / 'subs'}",
-            "train.progress=false", *TINY, "train.epochs=1", "train.max_steps_per_epoch=1", "infer.num_workers=0",
+            "runtime.progress=false", *TINY, "train.epochs=1", "train.max_steps_per_epoch=1", "infer.num_workers=0",
             "infer.tta=[]", "name=t"]
     for stage in ("check", "eda", "folds", "train-all", "infer", "submit"):
         assert main([stage, *args]) == 0, capsys.readouterr().err

@@ -21,6 +21,7 @@ from pipeline.data.coco import load_coco
 from pipeline.data.sources import read_label_png
 from pipeline.engine import checkpoint
 from pipeline.errors import DataError, TrainingError, WeightsError
+from pipeline.inference.outdir import Preds
 from helpers import REPO, TINY, fake_runs, write_coco
 
 
@@ -34,7 +35,7 @@ def chain(make_cfg, demo_root, tmp_path, capsys):
     fake_runs(cfg)
     infer.run(cfg)
     common = [f"data.root={root}", f"outputs={tmp_path / 'outputs'}", f"submissions={tmp_path / 'submissions'}",
-              "train.progress=false", *TINY]
+              "runtime.progress=false", *TINY]
 
     def run(stage, *extra):
         capsys.readouterr()
@@ -104,7 +105,7 @@ def test_hand_edited_folds_csv_is_refused_by_check_and_training(chain, how, frag
     ("{\"rules\": {", "line 1, column"),
 ])
 def test_hand_edited_postprocess_json_is_refused(chain, doc, fragment):
-    path = chain.cfg.preds_dir() / "postprocess.json"
+    path = Preds.of(chain.cfg).postprocess
     path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     _one_line(chain("submit"), "submit", str(path), fragment)
     rc, out, _ = chain("check")
@@ -113,7 +114,7 @@ def test_hand_edited_postprocess_json_is_refused(chain, doc, fragment):
 
 
 def test_truncated_manifest_is_refused(chain):
-    path = chain.cfg.preds_dir() / "manifest.json"
+    path = Preds.of(chain.cfg).manifest
     path.write_text(path.read_text()[:40])
     _one_line(chain("submit"), "submit", str(path), "not valid JSON")
     path.write_text(json.dumps({"files": "all"}))

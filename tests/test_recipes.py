@@ -10,6 +10,7 @@ import torch
 from pipeline import folds, infer, train
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import train_transform
+from pipeline.inference.outdir import Preds
 from helpers import TINY
 
 FAST = [*TINY, "train.epochs=2", "train.max_steps_per_epoch=1", "infer.num_workers=0", "infer.tta=[]"]
@@ -119,7 +120,7 @@ def test_pseudo_labels_train_the_next_round_and_never_validate(cfg_of, caplog):
     fake_runs(cfg)
     infer.run(cfg_of("infer.save_probs=true", "infer.oof=false", name="p0"))
     conf = np.concatenate([np.load(p)["probs"].astype(np.float32).max(0).ravel()
-                           for p in (cfg.preds_dir() / "probs").glob("*.npz")])
+                           for p in (Preds.of(cfg).root / "probs").glob("*.npz")])
     threshold = float(np.median(conf))  # about half of the pixels are sure enough
     cfg = cfg_of(f"pseudo.threshold={threshold}", name="p0")
     manifest = pseudo.run(cfg)

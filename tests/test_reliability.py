@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 
 from pipeline import check, eda, folds, train
-from pipeline.config import DataConfig, SplitConfig, load_config
+from pipeline.config import DataConfig, SplitConfig, load_config, StageArgs
 from pipeline.data.coco import load_coco
 from pipeline.data.dataset import PadCollate
 from pipeline.data.pool import labelled_pool
 from pipeline.data.sources import open_split, read_image, read_label_png
 from pipeline.errors import DataError, SubmissionError
+from pipeline.inference.outdir import Preds
 from helpers import REPO, TINY, fake_runs, square, write_coco
 
 IMG = {"id": 1, "file_name": "a.png", "height": 10, "width": 12}
@@ -74,7 +75,7 @@ def _maskdir_cfg(root, tmp_path, *overrides, classes="[background, thing]"):
     return load_config("camvid", "unet", None, [
         f"data.root={root}", f"outputs={tmp_path / 'out'}", f"data.classes={classes}", "data.ignore_index=255",
         "data.train={images: images, masks: masks}", "data.val=null", "data.test=null", "folds.splits=[train]",
-        "folds.group_regex=null", "folds.tail=null", "folds.assign=null", "folds.k=2", "train.progress=false", *TINY, *overrides], 0, REPO / "configs")
+        "folds.group_regex=null", "folds.tail=null", "folds.assign=null", "folds.k=2", "runtime.progress=false", *TINY, *overrides], 0, REPO / "configs")
 
 
 def _binary_masks(n=6):
@@ -200,8 +201,8 @@ def test_interrupted_inference_leaves_the_previous_predictions_whole(make_cfg, m
     cfg = make_cfg("infer.num_workers=0", name="inf")
     fake_runs(cfg)
     first = infer.run(cfg)
-    preds = cfg.preds_dir()
-    before = {p.name: p.read_bytes() for p in (preds / "labels").glob("*.png")}
+    preds = Preds.of(cfg)
+    before = {p.name: p.read_bytes() for p in preds.labels.glob("*.png")}
     fake_runs(cfg, seed=100)  # other weights: a second inference would write other labels
     calls = {"n": 0}
     real = infer.save_prediction
@@ -215,12 +216,12 @@ def test_interrupted_inference_leaves_the_previous_predictions_whole(make_cfg, m
     monkeypatch.setattr(infer, "save_prediction", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         infer.run(cfg)
-    after = {p.name: p.read_bytes() for p in (preds / "labels").glob("*.png")}
+    after = {p.name: p.read_bytes() for p in preds.labels.glob("*.png")}
     assert after == before  # no mix of old and new label maps
-    assert json.loads((preds / "manifest.json").read_text())["cv_miou"] == first["cv_miou"]
+    assert json.loads(preds.manifest.read_text())["cv_miou"] == first["cv_miou"]
     assert not list(preds.parent.glob(".inf.partial-*"))
     assert submit.run(cfg).exists()
-    (preds / "manifest.json").unlink()
+    preds.manifest.unlink()
     with pytest.raises(DataError, match="manifest.json: not found: no complete prediction folder"):
         submit.run(cfg)
 
@@ -238,5 +239,5 @@ def test_a_failed_score_records_nothing(make_cfg, monkeypatch):
 
     monkeypatch.setattr(score, "_bar_chart", read_only)
     with pytest.raises(PermissionError):
-        score.run(cfg, str(sub))
+        score.run(cfg, StageArgs(sub=str(sub)))
     assert not (sub.parent.parent / "leaderboard.csv").exists()

@@ -46,7 +46,7 @@ def test_settings_that_change_nothing_may_differ(tiny, caplog):
     cfg = tiny()
     train.run(cfg)
     caplog.set_level("INFO")
-    train.run(tiny("train.num_workers=1", "train.progress=true", "infer.batch_size=2"))
+    train.run(tiny("train.num_workers=1", "runtime.progress=true", "infer.batch_size=2"))
     assert "complete: nothing to train" in caplog.text
 
 

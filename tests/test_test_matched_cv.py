@@ -134,7 +134,7 @@ def test_camvid_config_end_to_end_gives_a_test_matched_cv(make_cfg, tmp_path):
     from pipeline import infer, train
 
     root = _camvid_like(tmp_path / "camvid", np.random.default_rng(0))
-    args = [f"data.root={root}", "train.device=cpu", "model.arch=deconvnet",
+    args = [f"data.root={root}", "runtime.device=cpu", "model.arch=deconvnet",
             "model.params={width: 0.125, fc_channels: 16}", "train.epochs=1", "train.batch_size=4",
             "train.warmup_epochs=0", "infer.batch_size=4"]
     cfg = make_cfg(*args, data="camvid")

@@ -13,6 +13,7 @@ from pipeline.competition import rle
 from pipeline.data.dataset import IMAGENET
 from pipeline.data.tiles import DecodedCache, GridTiles, TileDataset, foreground_sample
 from pipeline.pixels import class_counts
+from pipeline.inference.outdir import Preds
 
 
 class ArraySource:
@@ -165,15 +166,15 @@ def test_slides_demo_end_to_end_at_a_small_size(tmp_path, monkeypatch):
 
     demo_slides.generate(tmp_path / "data", n_train=4, n_test=2, train_size=(192, 256), test_size=(300, 360))
     over = [f"data.root={tmp_path / 'data'}", f"outputs={tmp_path / 'out'}", f"submissions={tmp_path / 'subs'}",
-            "train.device=cpu", "train.epochs=2", "train.val_every=1", "train.tile=[64,64]", "train.tiles_per_image=4",
-            "train.progress=false", "infer.window=[96,96]", "infer.overlap=0.25", "infer.num_workers=0"]
+            "runtime.device=cpu", "train.epochs=2", "train.val_every=1", "train.tile=[64,64]", "train.tiles_per_image=4",
+            "runtime.progress=false", "infer.window=[96,96]", "infer.overlap=0.25", "infer.num_workers=0"]
     cfg = load_config("demo_slides", exp="demo_slides", overrides=over)
     folds.run(cfg)
     for k in range(cfg.folds.k):
         assert train.run(load_config("demo_slides", exp="demo_slides", fold=k, overrides=over))["epochs"] == 2
     manifest = infer.run(cfg)
     assert manifest["oof_images"] == 4 and manifest["test_images"] == 2
-    labels = sorted(p.name for p in (cfg.preds_dir() / "labels").iterdir())
+    labels = sorted(p.name for p in (Preds.of(cfg).labels).iterdir())
     assert labels == ["test00.png", "test01.png"]
     path = submit.run(cfg)
     table = pd.read_csv(path, keep_default_na=False)

@@ -55,9 +55,9 @@ def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path, 
     """fp32, and bf16 autocast on the CPU: checkpoints stay fp32, and the resumed run ends where the
     straight one does, bit for bit."""
     fold_cfg()  # writes folds.csv under tmp_path/outputs
-    base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "train.progress=false",
+    base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "runtime.progress=false",
             *TINY, "train.epochs=3", "train.augment=[{name: HorizontalFlip, p: 0.5}]", "train.ema_decay=0.9",
-            f"train.amp={amp}"]
+            f"runtime.amp={amp}"]
     _cli(base + ["name=straight"], tmp_path)
     killed = _cli(base + ["name=killed"], tmp_path, check=False, kill_at=6)
     assert killed.returncode == -9  # SIGKILL in the middle of epoch 2 (4 steps per epoch)
@@ -145,7 +145,7 @@ def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = ["-m", "pipeline", "train", f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}",
-            "train.progress=false", *TINY, "name=ddp"]
+            "runtime.progress=false", *TINY, "name=ddp"]
     p = subprocess.run(torchrun + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "x2" in p.stdout  # the run reported two ranks
@@ -158,7 +158,7 @@ def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 @pytest.mark.parametrize("arch,encoder,params", ARCHS, ids=[a[0] for a in ARCHS])
 def test_gpu_amp_channels_last(fold_cfg, arch, encoder, params, amp):
-    cfg = fold_cfg("train.epochs=2", "train.device=cuda", f"train.amp={amp}", "train.channels_last=true",
+    cfg = fold_cfg("train.epochs=2", "runtime.device=cuda", f"runtime.amp={amp}", "runtime.channels_last=true",
                    f"model.arch={arch}", f"model.encoder_name={encoder}", f"model.params={params or {}}")
     out = train.run(cfg)
     m = pd.read_csv(cfg.run_dir() / "metrics.csv")

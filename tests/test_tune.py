@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.config import StageArgs
 from pipeline.competition.metrics import build_metric
 from pipeline.competition.postprocess import ClassRule, apply, evaluate, tune
+from pipeline.inference.outdir import Preds
 
 
 def _speckled(truth, rng, n=6, value=None):
@@ -66,24 +68,24 @@ def test_make_tune_then_submission_and_score(make_cfg):
     folds.run(cfg)
     pool, table = labelled_pool(cfg)
     rng = np.random.default_rng(1)
-    preds = cfg.preds_dir()
+    preds = Preds.of(cfg)
     for i, rec in enumerate(pool.records):  # OOF predictions: the truth plus specks
-        save_png(preds / "oof" / "labels" / f"{rec.stem}.png", _speckled(pool.mask(i), rng, n=20, value=3))
+        save_png(preds.oof.label(rec.stem), _speckled(pool.mask(i), rng, n=20, value=3))
     truth = open_split(cfg.data, "truth")
     for k, rec in enumerate(truth.records):  # test predictions: the same kind of error
-        save_png(preds / "labels" / f"{rec.stem}.png", _speckled(truth.mask(k), rng, n=20, value=3))
-    write_json(preds / "manifest.json", {"files": sorted(r.stem for r in truth.records), "cv_score": None})
+        save_png(preds.label(rec.stem), _speckled(truth.mask(k), rng, n=20, value=3))
+    write_json(preds.manifest, {"files": sorted(r.stem for r in truth.records), "cv_score": None})
     result = tune_stage.run(cfg)
     assert result["oof_after"] > result["oof_before"] and "can" in result["rules"]
     assert set(result["holdout"]) == {0, 1, 2} and result["holdout_gain_mean"] > 0  # it carries to unseen folds
-    assert json.loads((preds / "postprocess.json").read_text())["rules"] == result["rules"]
+    assert json.loads(preds.postprocess.read_text())["rules"] == result["rules"]
     sub = submit.run(cfg)
     assert json.loads(sub.with_suffix(".json").read_text())["postprocess"] == result["rules"]
-    scored = score.run(cfg, str(sub))
+    scored = score.run(cfg, StageArgs(sub=str(sub)))
     assert scored["score"] > scored["score_without_postprocess"]
     raw = build_metric("miou", 6, 255)
     for k, rec in enumerate(truth.records):
-        raw.update(np.asarray(Image.open(preds / "labels" / f"{rec.stem}.png")), truth.mask(k))
+        raw.update(np.asarray(Image.open(preds.label(rec.stem))), truth.mask(k))
     assert scored["score_without_postprocess"] == pytest.approx(raw.compute()["score"])
 
 
@@ -100,10 +102,10 @@ def test_rules_that_lose_on_held_out_folds_are_not_applied(make_cfg, monkeypatch
     pool, _ = labelled_pool(cfg)
     rng = np.random.default_rng(1)
     for i, rec in enumerate(pool.records):
-        save_png(cfg.preds_dir() / "oof" / "labels" / f"{rec.stem}.png", _speckled(pool.mask(i), rng, n=20, value=3))
+        save_png(Preds.of(cfg).oof.label(rec.stem), _speckled(pool.mask(i), rng, n=20, value=3))
     real = tune_stage.evaluate
     monkeypatch.setattr(tune_stage, "evaluate", lambda p, t, rules, *a: real(p, t, rules, *a) - (0.1 if rules else 0))
     result = tune_stage.run(cfg)
     assert result["oof_after"] > result["oof_before"] and result["holdout_gain_mean"] < 0
     assert result["rules"] == {} and "can" in result["rejected"]
-    assert json.loads((cfg.preds_dir() / "postprocess.json").read_text())["rules"] == {}
+    assert json.loads((Preds.of(cfg).postprocess).read_text())["rules"] == {}

@@ -16,15 +16,17 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.config.choices import CHOICES, LOSSES, TRACKERS, parse_tta
 from pipeline.config.schema import (CompetitionConfig, Config, DataConfig, FoldsConfig, InferConfig, LossTerm,
-                                    ModelConfig, PseudoConfig, SubmissionConfig, TrainConfig)
+                                    ModelConfig, PseudoConfig, RuntimeConfig, SubmissionConfig, TrainConfig)
 from pipeline.errors import ConfigError
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "infer": InferConfig,
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig, "infer": InferConfig,
             "folds": FoldsConfig, "submission": SubmissionConfig, "competition": CompetitionConfig,
             "pseudo": PseudoConfig}
 TOP_LEVEL = set(SECTIONS) | {"outputs", "submissions"}
 SAVED_ONLY = {"exp", "fold"}  # a resolved config.yaml also records the run it belongs to
+MOVED = {f"train.{k}": f"runtime.{k}" for k in ("device", "amp", "channels_last", "compile", "seed", "progress")}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -85,6 +87,7 @@ def _exp_layers(root: Path, exp: str, seen: tuple[str, ...] = ()) -> list[tuple[
 def _layer(kind: str, path: Path) -> dict:
     layer = _read_yaml(path)
     layer.pop("extends", None)
+    _refuse_moved(layer, str(path))
     if kind in ("data", "model") and not set(layer) & TOP_LEVEL:  # a data/model file may hold just its section
         layer = {kind: layer}
     bad = sorted(set(layer) & SAVED_ONLY)
@@ -107,6 +110,7 @@ def load_config(data: str = "demo", model: str = "unet", exp: str | None = None,
     for kind, path in layers:
         merged = _merge(merged, _layer(kind, path))
     for text in overrides:
+        _refuse_moved(parse_override(text), f"override {text!r}")
         merged = _merge(merged, parse_override(text))
     merged.setdefault("data", {}).setdefault("name", data)
     merged.setdefault("model", {}).setdefault("name", model)
@@ -118,15 +122,33 @@ def load_config(data: str = "demo", model: str = "unet", exp: str | None = None,
 def load_config_file(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                      fold: int | None = None) -> Config:
     """A resolved config.yaml saved in a run folder, with optional overrides: the same run again."""
-    merged = _read_yaml(Path(path))
+    merged = migrate_saved(_read_yaml(Path(path)))
     for text in overrides:
         merged = _merge(merged, parse_override(text))
     if fold is not None:
         merged["fold"] = fold
-    missing = sorted(set(SECTIONS) - set(merged))
+    missing = sorted(set(SECTIONS) - {"runtime"} - set(merged))
     if missing:
         raise ConfigError(f"{path}: not a resolved run config (no {missing}); pass data=/model=/exp= instead")
     return build_config(merged, where=str(path))
+
+
+def migrate_saved(saved: dict) -> dict:
+    """A config.yaml written before the runtime section existed, in today's layout (only files segpipe
+    wrote are migrated; a person's config with an old key is refused, naming the new one)."""
+    train, runtime = dict(saved.get("train") or {}), dict(saved.get("runtime") or {})
+    for old, new in MOVED.items():
+        key = old.split(".")[1]
+        if key in train:
+            runtime.setdefault(new.split(".")[1], train.pop(key))
+    return {**saved, "train": train, "runtime": runtime} if runtime else saved
+
+
+def _refuse_moved(resolved: dict, where: str) -> None:
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance(resolved.get(section), dict) and key in resolved[section]:
+            raise ConfigError(f"{where}: {old} is now {new} (one runtime section for every stage): rename it")
 
 
 def build_config(merged: dict, where: str = "config") -> Config:
@@ -134,6 +156,7 @@ def build_config(merged: dict, where: str = "config") -> Config:
         resolved = OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where}: interpolation failed: {str(e).splitlines()[0]}") from None
+    _refuse_moved(resolved, where)
     unknown = sorted(set(resolved) - TOP_LEVEL - SAVED_ONLY)
     if unknown:
         raise ConfigError(f"{where}: unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL)}")
@@ -230,7 +253,7 @@ def _coerce(tp, value: Any, where: str):
             raise ConfigError(f"{where}: expected a number (finite), got {value!r}")
         return float(value)
     if tp is str:
-        if value is False and "off" in _CHOICES.get(where, ()):
+        if value is False and "off" in CHOICES.get(where, ()):
             return "off"  # YAML 1.1 reads a bare `off` as false
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -244,32 +267,9 @@ def _coerce(tp, value: Any, where: str):
     return value
 
 
-_CHOICES = {
-    "data.format": ("coco", "maskdir"),
-    "data.overlap": ("area_desc", "order", "priority", "ignore", "multilabel"),
-    "competition.task": ("single", "multilabel"),
-    "data.unlabelled": ("background", "ignore"),
-    "submission.rle_order": ("column", "row"),
-    "submission.format": ("rle", "prediction_string"),
-    "submission.image_id": ("stem", "file_name"),
-    "submission.nearest": ("centre", "corner"),
-    "train.optimizer": ("adamw", "sgd"),
-    "train.scheduler": ("cosine", "poly", "plateau", "none"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.on_change": ("refuse", "restart"),
-    "infer.refit": ("off", "with", "only"),
-    "infer.checkpoint": ("best", "swa"),
-    "competition.metric": ("miou", "miou_image", "dice_image_class"),
-}
-TRACKERS = ("tensorboard", "mlflow")
-LOSSES = ("ce", "bce", "dice", "focal", "lovasz")
-_TTA = re.compile(r"^(hflip|vflip|d4|none|scale:\d+(\.\d+)?(,\d+(\.\d+)?)*)$")
-
-
 def _validate(cfg: Config) -> None:
     """Cross-field checks, so a mistake fails here and not an hour into training."""
-    for key, allowed in _CHOICES.items():
+    for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
@@ -337,10 +337,7 @@ def _validate(cfg: Config) -> None:
         if name not in TRACKERS:
             raise ConfigError(f"train.trackers: unknown tracker {name!r} ({', '.join(TRACKERS)})")
     for name in cfg.infer.tta:
-        if not _TTA.match(name):
-            raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
-        if name.startswith("scale:") and any(float(x) <= 0 for x in name[6:].split(",")):
-            raise ConfigError(f"infer.tta: {name!r}: every scale must be > 0")
+        parse_tta(name)
 
 
 def _validate_windows(cfg: Config) -> None:

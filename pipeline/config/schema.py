@@ -100,6 +100,17 @@ class LossTerm:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how every stage computes: training, inference, pseudo-labelling and EDA alike."""
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (GPU: bf16 where supported, else fp16; CPU: bf16 with AMX/AVX512-BF16, else off) | bf16 | fp16 | off
+    channels_last: bool = True  # NHWC on GPUs and CPUs alike (oneDNN's convolutions prefer it too)
+    compile: bool = False
+    seed: int = 42
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = bounded(20, 1)
     batch_size: int = bounded(8, 1)
@@ -128,21 +139,15 @@ class TrainConfig:
     swa_epochs: int = bounded(0, 0)  # average the weights of the last N epochs (BN statistics recomputed) -> swa.pt
     pseudo: str | None = None  # add the pseudo-labels of outputs/<data>/pseudo/<this name> to training (never validation)
     init_from: str | None = None  # start from another run's weights: "<exp>/fold<k>", "<exp>/all" or a .pt file
-    amp: str = "auto"  # auto (GPU: bf16 where supported, else fp16; CPU: bf16 with AMX/AVX512-BF16, else off) | bf16 | fp16 | off
-    channels_last: bool = True  # NHWC on GPUs and CPUs alike (oneDNN's convolutions prefer it too)
-    compile: bool = False
     patience: int | None = bounded(None, 1)  # early stopping, in validations without a better val score (competition.metric)
     val_every: int = bounded(1, 1)  # validate every N epochs (and always after the last)
     max_bad_steps: int = bounded(5, 1)  # consecutive non-finite losses before the run stops
     num_workers: int = bounded(0, 0)
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda
     losses: tuple[LossTerm, ...] = (LossTerm("ce"),)
     augment: tuple[dict, ...] = ()  # albumentations transforms by class name, train only
     rare_crop: float = bounded(0.0, 0, 1)  # share of training crops that contain pixels of a rare class (needs train.crop)
     rare_classes: tuple[str, ...] = ()  # default: the third of the classes with the fewest training pixels
     max_steps_per_epoch: int | None = None  # >= 1 (checked with its own message)
-    progress: bool = True
     trackers: tuple[str, ...] = ()  # besides metrics.csv: tensorboard | mlflow
     mlflow_uri: str | None = None  # default: file store <outputs>/mlruns (`mlflow ui --backend-store-uri` it)
     on_change: str = "refuse"  # a run folder started with another config: refuse | restart (old run kept aside)
@@ -195,6 +200,7 @@ class Config:
     folds: FoldsConfig
     submission: SubmissionConfig
     exp: str
+    runtime: RuntimeConfig = RuntimeConfig()
     competition: CompetitionConfig = CompetitionConfig()
     pseudo: PseudoConfig = PseudoConfig()
     fold: int = 0

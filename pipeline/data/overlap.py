@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-POLICIES = ("area_desc", "order", "priority", "ignore", "multilabel")
+from pipeline.config.choices import OVERLAP
 
 
 def paint_order(classes: Sequence[int], areas: Sequence[float], policy: str,
@@ -21,7 +21,7 @@ def paint_order(classes: Sequence[int], areas: Sequence[float], policy: str,
         rank = {c: r for r, c in enumerate(priority)}  # 0 = highest priority, painted last
         low = len(priority)
         return sorted(idx, key=lambda i: (-rank.get(classes[i], low), -areas[i]))
-    raise ValueError(f"unknown overlap policy {policy!r}; expected one of {POLICIES}")
+    raise ValueError(f"unknown overlap policy {policy!r}; expected one of {OVERLAP}")
 
 
 def compose_label_map(masks: Sequence[np.ndarray], classes: Sequence[int], policy: str,

@@ -2,6 +2,7 @@
 the previous one used instead."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -14,6 +15,18 @@ from pipeline.io import write_with
 log = logging.getLogger(__name__)
 REQUIRED = ("model", "optimizer", "epoch")  # a training checkpoint (last.pt): what resuming needs
 MODEL_KEYS = ("model", "model_cfg", "classes")  # a model checkpoint (best.pt, swa.pt, a bundle's models)
+
+
+def model_meta(model_cfg, classes, resize=None, **source) -> dict:
+    """What a model checkpoint carries besides its weights: enough for inference to rebuild the
+    network without the run's config (`source`: where it came from, e.g. exp and fold)."""
+    cfg = dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
+    return {"model_cfg": cfg, "classes": list(classes), "resize": resize, **source}
+
+
+def save_model(path: Path, model: torch.nn.Module, model_cfg, classes, resize=None) -> None:
+    """A model checkpoint (what best.pt holds for inference) of `model` as it is now."""
+    save(path, {"model": model.state_dict(), **model_meta(model_cfg, classes, resize)}, keep_previous=False)
 
 
 def save(path: Path, state: dict, keep_previous: bool = True) -> None:

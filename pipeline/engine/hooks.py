@@ -4,7 +4,6 @@ trainer's checkpoint through `state_dict()`. Order matters after an epoch: hooks
 (early stopping) run before those that record, and `Checkpoint` after every hook whose state it saves."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -236,5 +235,4 @@ def plot_confusion(cm: np.ndarray, classes, path: Path) -> None:
 
 def checkpoint_meta(cfg) -> dict:
     """What best.pt must carry for inference to rebuild the model without the run's config."""
-    return {"model_cfg": dataclasses.asdict(cfg.model), "classes": list(cfg.data.classes),
-            "resize": cfg.train.resize, "fold": cfg.fold, "exp": cfg.exp}
+    return checkpoint.model_meta(cfg.model, cfg.data.classes, cfg.train.resize, fold=cfg.fold, exp=cfg.exp)

@@ -57,31 +57,44 @@ class Combined(nn.Module):
         return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.losses))
 
 
+def _ce(p: dict, num_classes: int, ignore_index: int, multilabel: bool) -> nn.Module:
+    weight = p.pop("class_weights", None)
+    if weight is not None and len(weight) != num_classes:
+        raise ConfigError(f"train.losses ce.class_weights: {len(weight)} values for {num_classes} classes")
+    loss = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32) if weight else None,
+                               ignore_index=ignore_index, label_smoothing=float(p.pop("label_smoothing", 0.0)))
+    if p:
+        raise ConfigError(f"train.losses ce: unknown parameter(s) {sorted(p)}")
+    return loss
+
+
+def _bce(p, num_classes, ignore_index, multilabel):
+    return _FP32(smp.losses.SoftBCEWithLogitsLoss(ignore_index=ignore_index, **p))
+
+
+def _dice(p, num_classes, ignore_index, multilabel):
+    return _FP32(smp.losses.DiceLoss("multilabel" if multilabel else "multiclass", ignore_index=ignore_index, **p))
+
+
+def _focal(p, num_classes, ignore_index, multilabel):  # multilabel per channel: SMP's multilabel focal mis-indexes the ignore mask
+    return _FP32(_PerChannel(smp.losses.FocalLoss("binary", ignore_index=ignore_index, **p)) if multilabel
+                 else smp.losses.FocalLoss("multiclass", ignore_index=ignore_index, **p))
+
+
+def _lovasz(p, num_classes, ignore_index, multilabel):
+    return _FP32(_PerChannel(smp.losses.LovaszLoss("binary", ignore_index=ignore_index, **p)) if multilabel
+                 else smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index, **p))
+
+
+LOSSES = {"ce": _ce, "bce": _bce, "dice": _dice, "focal": _focal, "lovasz": _lovasz}  # names: config/choices.LOSSES
+
+
 def build_loss(terms: tuple[LossTerm, ...], num_classes: int, ignore_index: int, multilabel: bool = False) -> nn.Module:
     built = []
-    mode = "multilabel" if multilabel else "multiclass"
     for t in terms:
-        p = dict(t.params)
-        if t.name == "ce":
-            weight = p.pop("class_weights", None)
-            if weight is not None and len(weight) != num_classes:
-                raise ConfigError(f"train.losses ce.class_weights: {len(weight)} values for {num_classes} classes")
-            loss = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32) if weight else None,
-                                       ignore_index=ignore_index, label_smoothing=float(p.pop("label_smoothing", 0.0)))
-        elif t.name == "bce":
-            loss = _FP32(smp.losses.SoftBCEWithLogitsLoss(ignore_index=ignore_index, **p))
-        elif t.name == "dice":
-            loss = _FP32(smp.losses.DiceLoss(mode, ignore_index=ignore_index, **p))
-        elif t.name == "focal":  # multilabel per channel: SMP's multilabel focal mis-indexes the ignore mask
-            loss = _FP32(_PerChannel(smp.losses.FocalLoss("binary", ignore_index=ignore_index, **p)) if multilabel
-                         else smp.losses.FocalLoss(mode, ignore_index=ignore_index, **p))
-        elif t.name == "lovasz":
-            loss = _FP32(_PerChannel(smp.losses.LovaszLoss("binary", ignore_index=ignore_index, **p)) if multilabel
-                         else smp.losses.LovaszLoss(mode, ignore_index=ignore_index, **p))
-        else:
+        if t.name not in LOSSES:
             raise ConfigError(f"unknown loss {t.name!r}")
-        if t.name == "ce" and p:
-            raise ConfigError(f"train.losses ce: unknown parameter(s) {sorted(p)}")
+        loss = LOSSES[t.name](dict(t.params), num_classes, ignore_index, multilabel)
         if multilabel:
             loss = _Bits(loss, num_classes, ignore_index)
         built.append((t.name, t.weight, loss))

@@ -9,6 +9,7 @@ from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from pipeline.config import Config, config_to_dict, config_to_yaml, flatten
+from pipeline.config.load import migrate_saved
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import RunFolderError
 from pipeline.io import write_text
@@ -16,8 +17,8 @@ from pipeline.io import write_text
 log = get_logger("pipeline.train")
 
 # Settings that do not change what a run computes: they may differ when a run is resumed.
-FREE_TO_CHANGE = ("train.progress", "train.num_workers", "train.trackers", "train.mlflow_uri", "train.on_change",
-                  "train.device", "train.compile", "data.root", "data.strict", "outputs", "submissions",
+FREE_TO_CHANGE = ("runtime.progress", "train.num_workers", "train.trackers", "train.mlflow_uri", "train.on_change",
+                  "runtime.device", "runtime.compile", "data.root", "data.strict", "outputs", "submissions",
                   "infer.", "submission.", "pseudo.")
 
 
@@ -61,7 +62,7 @@ class RunFolder:
         saved = self.path / "config.yaml"
         has_run = (self.path / "last.pt").exists() or (self.path / "last.prev.pt").exists()
         if has_run and saved.exists():
-            changes = config_changes(OmegaConf.to_container(OmegaConf.load(saved)), config_to_dict(self.cfg))
+            changes = config_changes(migrate_saved(OmegaConf.to_container(OmegaConf.load(saved))), config_to_dict(self.cfg))
             if changes and self.cfg.train.on_change == "restart":
                 if self.main:
                     aside = self.path.with_name(f"{self.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -11,24 +11,9 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from pipeline.config import TrainConfig
+from pipeline.config.schema import RuntimeConfig
+from pipeline.config.invocation import DistInfo
 from pipeline.errors import TrainingError
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, environ) -> "DistInfo":
-        """torchrun's contract is its environment; the CLI reads it once and passes this down."""
-        return cls(int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)), int(environ.get("LOCAL_RANK", 0)))
 
 
 class _RankZero(logging.Filter):
@@ -47,7 +32,7 @@ def get_logger(name: str) -> logging.Logger:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise TrainingError("train.device=cuda but no CUDA device is available (use train.device=auto or cpu)")
+            raise TrainingError("runtime.device=cuda but no CUDA device is available (use runtime.device=auto or cpu)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -65,7 +50,7 @@ def amp_dtype(mode: str, device: torch.device):
         return None
     if device.type == "cpu":
         if mode == "fp16":
-            raise TrainingError("train.amp=fp16 on the CPU: use bf16 (native on CPUs with AMX or AVX512-BF16) or off")
+            raise TrainingError("runtime.amp=fp16 on the CPU: use bf16 (native on CPUs with AMX or AVX512-BF16) or off")
         if mode == "bf16" or (mode == "auto" and cpu_has_native_bf16()):
             return torch.bfloat16
         return None
@@ -101,18 +86,20 @@ class Runtime:
     dtype: torch.dtype | None  # autocast dtype; None runs in fp32
     channels_last: bool
     dist: DistInfo
+    compile: bool = False
+    progress: bool = True
 
     @classmethod
-    def create(cls, tc: TrainConfig, dist: DistInfo = DistInfo()) -> "Runtime":
+    def create(cls, rc: RuntimeConfig, dist: DistInfo = DistInfo()) -> "Runtime":
         """Resolve the device, join the process group under torchrun, and seed."""
-        device = resolve_device(tc.device, dist.local_rank)
+        device = resolve_device(rc.device, dist.local_rank)
         if dist.world > 1 and not tdist.is_initialized():
             tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
             torch.backends.cudnn.benchmark = True
-        seed_everything(tc.seed)
-        return cls(device, amp_dtype(tc.amp, device), tc.channels_last, dist)
+        seed_everything(rc.seed)
+        return cls(device, amp_dtype(rc.amp, device), rc.channels_last, dist, rc.compile, rc.progress)
 
     def to_device(self, x: torch.Tensor, image: bool = False) -> torch.Tensor:
         fmt = torch.channels_last if (image and self.channels_last) else torch.preserve_format

@@ -1,5 +1,5 @@
 """Experiment trackers are hooks, switched on by `train.trackers`. Each is built as
-`Tracker(cfg, run_dir)`; a new one (W&B, ...) is one class here and one name in TRACKERS."""
+`Tracker(cfg, run_dir)`; a new one (W&B, ...) is one class here, keyed in TRACKERS by its name in config/choices.py."""
 from __future__ import annotations
 
 import importlib

@@ -33,7 +33,7 @@ class Trainer:
         if rt.dist.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        self.forward = torch.compile(self.net) if tc.compile else self.net
+        self.forward = torch.compile(self.net) if rt.compile else self.net
         self.scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
         self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
                     if tc.ema_decay else None)
@@ -70,7 +70,7 @@ class Trainer:
         consecutive_bad = 0
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(self.train_loader, total=self.batches, desc=f"epoch {self.epoch + 1}/{tc.epochs}",
-                   disable=None if (tc.progress and rt.dist.main) else True, leave=False)
+                   disable=None if (rt.progress and rt.dist.main) else True, leave=False)
         for b, (x, y) in enumerate(bar):
             if b >= self.batches:
                 break

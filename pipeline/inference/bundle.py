@@ -35,7 +35,7 @@ REQUIREMENTS = ("torch", "segmentation-models-pytorch", "albumentations", "numpy
 
 def bundle_config(folder: Path, images: Path, device: str = "auto") -> Config:
     """The experiment's config with the test split pointed at `images` (a folder of image files)."""
-    cfg = load_config_file(folder / "config.yaml", [f"train.device={device}"])
+    cfg = load_config_file(folder / "config.yaml", [f"runtime.device={device}"])
     data = dataclasses.replace(cfg.data, root=str(images), test=SplitConfig(images="."), truth=None)
     return dataclasses.replace(cfg, data=data)
 
@@ -50,7 +50,7 @@ def predict_folder(folder: Path, images: Path, out_csv: Path, device: str = "aut
     if not len(test):
         raise DataError(f"{images}: no test images (png, jpg, tif...)")
     members = [Member(m["exp"], m["fold"], folder / m["file"], m["weight"]) for m in doc["members"]]
-    rt = Runtime.create(cfg.train)
+    rt = Runtime.create(cfg.runtime)
     multilabel = cfg.competition.multilabel
     ensemble = Ensemble.from_config(cfg, members, rt, build_tta(doc["tta"]))
     rules = load_rules({"rules": doc["postprocess"]}, cfg.data.classes) if doc["postprocess"] else {}

@@ -21,6 +21,7 @@ from pipeline.engine.runtime import Runtime
 from pipeline.errors import ConfigError
 from pipeline.io import save_png, write_with
 from pipeline.pixels import threshold_bits
+from pipeline.inference.outdir import Preds
 from pipeline.inference.tta import build_tta, predict_probs
 from pipeline.inference.window import assemble, sliding_window
 from pipeline.models import build_model, input_norm
@@ -185,13 +186,13 @@ def top_class(probs: torch.Tensor, with_conf: bool = False, rows: int = 256):
     return label, conf
 
 
-def save_prediction(out: Path, stem: str, probs: torch.Tensor, save_probs: bool, multilabel: bool = False) -> np.ndarray:
+def save_prediction(preds: Preds, stem: str, probs: torch.Tensor, save_probs: bool, multilabel: bool = False) -> np.ndarray:
     """labels/<stem>.png (argmax; multilabel: the map of class bits above 0.5, `make tune` may pick
     other thresholds, which `make submission` applies to the saved probabilities) and, when asked,
     probs/<stem>.npz (float16); returns the label map."""
     label = threshold_bits(probs.numpy(), [0.5] * len(probs)) if multilabel else top_class(probs)[0]
-    save_png(out / "labels" / f"{stem}.png", label)
+    save_png(preds.label(stem), label)
     if save_probs:
-        write_with(out / "probs" / f"{stem}.npz",
+        write_with(preds.probs(stem),
                    lambda f: np.savez_compressed(f, probs=probs.numpy().astype(np.float16)))
     return label

@@ -2,8 +2,6 @@
 labelled image is scored by models that never trained on it. Their dataset-level mIoU is the CV."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from pipeline.competition.metrics import competition_metric
@@ -15,13 +13,15 @@ from pipeline.errors import DataError
 from pipeline.inference.analysis import WorstImages, write_report
 from pipeline.inference.cv_estimate import blocks_of, kinds_of_test, matched_estimate
 from pipeline.inference.ensemble import Ensemble, Member, save_prediction
+from pipeline.inference.outdir import Preds
 from pipeline.io import write_json
 
 
-def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta, out: Path,
+def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta, preds: Preds,
                 test_stems: list[str] = ()) -> dict:
-    """OOF predictions and the CV: pooled, per fold, and (when folds.csv says how each validation
-    image relates to its fold's training images) the test-matched estimate for `test_stems`."""
+    """OOF predictions (into preds.oof) and the CV: pooled, per fold, and (when folds.csv says how
+    each validation image relates to its fold's training images) the test-matched estimate for
+    `test_stems`; the error report into preds.analysis."""
     pool, table = labelled_pool(cfg)
     image_states, stems = [], []
     ign = cfg.data.ignore_index
@@ -32,9 +32,9 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
         meter = competition_metric(cfg)
         ensemble = Ensemble.from_config(cfg, members, rt, tta)
-        preds = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
-        for i, p, truth in preds:
-            label = save_prediction(out, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel)
+        predicted = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
+        for i, p, truth in predicted:
+            label = save_prediction(preds.oof, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel)
             pooled.update(label, truth)
             meter.update(label, truth)
             image = competition_metric(cfg)
@@ -59,9 +59,9 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
               "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
               "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
     result.update(_test_matched(cfg, table, stems, image_states, test_stems, scored, m["score"]))
-    write_json(out / "score.json", result)
+    write_json(preds.oof.score, result)
     if not multilabel:
-        write_report(out.parent / "analysis", worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
+        write_report(preds.analysis, worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
                      m["per_class"], fold_iou, pooled.confusion.numpy(), pooled.name)
     return result
 

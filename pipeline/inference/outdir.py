@@ -1,30 +1,98 @@
-"""A prediction folder is complete or absent: it is written under a temporary name and switched in
-by rename only when every file and the manifest are there; the manifest lists its label files."""
+"""A prediction folder: its layout and the checked readers of its files (`Preds`, the one place
+that spells them), and its writer (`PredictionFolder`): complete or absent, written under a
+temporary name and switched in by rename only when every file and the manifest are there."""
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.competition.postprocess import read_rules
+from pipeline.data.sources import read_label_png
 from pipeline.errors import DataError
 from pipeline.io import read_json, write_json
 
 MANIFEST = "manifest.json"
 
 
-def read_manifest(folder: Path) -> dict:
-    """A prediction folder's manifest.json, checked: a JSON object whose `files` lists the label
-    files' stems (a truncated or edited manifest is refused, naming the file and the field)."""
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        raise DataError(f"{path}: not found: no complete prediction folder (run `make infer-tta`)")
-    doc = read_json(path)
-    files = doc.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise DataError(f"{path}: field 'files': expected the list of predicted image stems, got "
-                        f"{type(files).__name__}; re-run `make infer-tta`")
-    return doc
+@dataclass(frozen=True)
+class Preds:
+    """<root>/labels/<stem>.png (label maps at each image's size), probs/<stem>.npz (float16
+    probabilities, when kept), manifest.json (what was predicted, how, and the CV), postprocess.json
+    (`make tune`'s rules), and for the fold models' own validation images oof/ in the same layout
+    with score.json; analysis/ holds the OOF error report."""
+    root: Path
+
+    @classmethod
+    def of(cls, cfg, exp: str | None = None) -> "Preds":
+        return cls(cfg.preds_dir(exp))
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
+
+    def label(self, stem: str) -> Path:
+        return self.labels / f"{stem}.png"
+
+    def probs(self, stem: str) -> Path:
+        return self.root / "probs" / f"{stem}.npz"
+
+    @property
+    def oof(self) -> "Preds":
+        return Preds(self.root / "oof")
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def postprocess(self) -> Path:
+        return self.root / "postprocess.json"
+
+    @property
+    def score(self) -> Path:
+        return self.root / "score.json"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    def read_manifest(self) -> dict:
+        """manifest.json, checked: a JSON object whose `files` lists the label files' stems (a
+        truncated or edited manifest is refused, naming the file and the field)."""
+        if not self.manifest.exists():
+            raise DataError(f"{self.manifest}: not found: no complete prediction folder (run `make infer-tta`)")
+        doc = read_json(self.manifest)
+        files = doc.get("files")
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise DataError(f"{self.manifest}: field 'files': expected the list of predicted image stems, got "
+                            f"{type(files).__name__}; re-run `make infer-tta`")
+        return doc
+
+    def read_rules(self, classes) -> tuple[dict | None, dict]:
+        """(postprocess.json's document, its rules by class index); (None, {}) when not tuned."""
+        return read_rules(self.postprocess, classes) if self.postprocess.exists() else (None, {})
+
+    def read_label(self, stem: str, size: tuple[int, int] | None = None) -> np.ndarray:
+        """labels/<stem>.png; `size` (height, width): the image's, checked."""
+        path = self.label(stem)
+        if not path.exists():
+            raise DataError(f"{path}: no prediction for image {stem!r}; run `make infer-tta` first")
+        label = read_label_png(path)
+        if size is not None and label.shape != tuple(size):
+            raise DataError(f"{path}: prediction is {label.shape[1]}x{label.shape[0]}, image is {size[1]}x{size[0]}")
+        return label
+
+    def read_probs(self, stem: str) -> np.ndarray:
+        path = self.probs(stem)
+        if not path.exists():
+            raise DataError(f"{path}: no saved probabilities; run `make infer-tta` again")
+        with np.load(path) as z:
+            return z["probs"].astype(np.float32)
 
 
 class PredictionFolder:

@@ -5,28 +5,22 @@ from __future__ import annotations
 import torch
 import ttach
 
-from pipeline.errors import ConfigError
+from pipeline.config.choices import parse_tta
+
+
+_VIEWS = {"hflip": lambda _: [ttach.HorizontalFlip()], "vflip": lambda _: [ttach.VerticalFlip()],
+          "d4": lambda _: [ttach.HorizontalFlip(), ttach.Rotate90(angles=[0, 90, 180, 270])], "none": lambda _: [],
+          "scale": lambda scales: [ttach.Scale(scales=list(scales), interpolation="bilinear", align_corners=False)]}
 
 
 def build_tta(names) -> ttach.Compose:
+    """ttach transforms from `infer.tta` names (their grammar: config/choices.parse_tta)."""
     transforms = []
     for name in names:
-        if name == "hflip":
-            transforms.append(ttach.HorizontalFlip())
-        elif name == "vflip":
-            transforms.append(ttach.VerticalFlip())
-        elif name == "d4":
-            transforms += [ttach.HorizontalFlip(), ttach.Rotate90(angles=[0, 90, 180, 270])]
-        elif name.startswith("scale:"):
-            try:
-                scales = [float(s) for s in name.split(":", 1)[1].split(",")]
-            except ValueError:
-                raise ConfigError(f"infer.tta: {name!r}: scales must be numbers, e.g. scale:0.75,1,1.25") from None
-            transforms.append(ttach.Scale(scales=scales, interpolation="bilinear", align_corners=False))
-        elif name in ("none", ""):
+        if name == "":
             continue
-        else:
-            raise ConfigError(f"infer.tta: unknown transform {name!r} (hflip, vflip, d4, scale:<s1>,<s2>...)")
+        kind, scales = parse_tta(name)
+        transforms += _VIEWS[kind](scales)
     return ttach.Compose(transforms)
 
 
