@@ -219,7 +219,7 @@ def test_interrupted_inference_leaves_the_previous_predictions_whole(make_cfg, m
     after = {p.name: p.read_bytes() for p in preds.labels.glob("*.png")}
     assert after == before  # no mix of old and new label maps
     assert json.loads(preds.manifest.read_text())["cv_miou"] == first["cv_miou"]
-    assert not list(preds.parent.glob(".inf.partial-*"))
+    assert not list(preds.root.parent.glob(".inf.partial-*"))
     assert submit.run(cfg).exists()
     preds.manifest.unlink()
     with pytest.raises(DataError, match="manifest.json: not found: no complete prediction folder"):
