@@ -10,9 +10,10 @@ submission is scored on the pseudo-test's labels, and each CV figure is compared
 
     python bench/camvid_simulation.py [--exp camvid_lite0] [--args "train.epochs=12"]
 
-Another draw of the same make-up: `--new-drive 0001TP --continued 0006R0 --later 23` holds out the
-dusk drive 0001TP whole and the last 23 frames of 0006R0 (73% / 27%), and folds what is left as
-0006R0 whole against the later half of 0016E5 (results under the name `--name`).
+Another draw of the same make-up: `--new-drive 0001TP --continued 0006R0 --later 23 --hold-whole
+0006R0 --tail-of 0016E5 --name camvid_simulation_0001TP` holds out the dusk drive 0001TP whole
+and the last 23 frames of 0006R0 (73% / 27%), and folds what is left as the rest of 0006R0 whole
+against the later half of 0016E5, as configs/data/camvid.yaml does.
 
 The layout is built under data/<name>/ as symbolic links to ../shared/datasets/camvid (nothing
 copied). Results: bench/results/<name>.json and the stage logs in bench/results/<name>/.
@@ -98,12 +99,15 @@ def main():
     p.add_argument("--continued", default="0016E5", help="the drive whose last frames join the pseudo-test")
     p.add_argument("--later", type=int, default=35, help="how many of its last frames")
     p.add_argument("--name", default="camvid_simulation", help="results name (and data/<name>/ for the layout)")
+    p.add_argument("--hold-whole", default=None, help="folds: the drive held out whole (default: the drive left)")
+    p.add_argument("--tail-of", default=None, help="folds: the drive whose later half is held out (default: --continued)")
     a = p.parse_args()
     extra = shlex.split(a.args)
     if a.name != "camvid_simulation":  # another draw: its own layout, runs and folds
-        rest = next(d for d in DRIVES if d not in (a.new_drive, a.continued))
-        extra = [f"data.root=data/{a.name}", f"name={a.exp}_{a.name}", f"folds.tail={{'{a.continued}': 0.5}}",
-                 f"folds.assign={{'{rest}': 0, '{a.continued}@tail': 1}}", *extra]
+        whole = a.hold_whole or next(d for d in DRIVES if d not in (a.new_drive, a.continued))
+        tail = a.tail_of or a.continued
+        extra = [f"data.root=data/{a.name}", f"name={a.exp}_{a.name}", "folds.tail=null", "folds.assign=null",
+                 f"folds.tail={{'{tail}': 0.5}}", f"folds.assign={{'{whole}': 0, '{tail}@tail': 1}}", *extra]
     out = REPO / "bench" / "results" / a.name
     out.mkdir(parents=True, exist_ok=True)
     layout = build_layout(REPO / "data" / (a.name if a.name != "camvid_simulation" else "camvid_sim"),
