@@ -102,7 +102,7 @@ def main():
     p.add_argument("--hold-whole", default=None, help="folds: the drive held out whole (default: the drive left)")
     p.add_argument("--tail-of", default=None, help="folds: the drive whose later half is held out (default: --continued)")
     a = p.parse_args()
-    extra = shlex.split(a.args)
+    extra = ["infer.cv_offset=0.0", *shlex.split(a.args)]  # the raw CV: the offset is what this measures
     if a.name != "camvid_simulation":  # another draw: its own layout, runs and folds
         whole = a.hold_whole or next(d for d in DRIVES if d not in (a.new_drive, a.continued))
         tail = a.tail_of or a.continued

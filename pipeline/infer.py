@@ -40,9 +40,13 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     if manifest["cv_score"] is not None:
         cv = (f", CV {manifest['metric']} {manifest['cv_pooled']:.4f} (OOF pooled; per fold "
               f"{manifest['cv_fold_mean']:.4f} ± {manifest['cv_fold_std']:.4f})")
-        if manifest["cv_score_kind"] == "test_matched":
+        offset = manifest.get("cv_offset") or 0.0
+        shifted = f" (with infer.cv_offset {offset:+.4f})" if offset else ""
+        if manifest["cv_score_kind"].startswith("test_matched"):
             low, high = manifest["cv_interval"]
-            cv += (f"; test-matched CV {manifest['cv_score']:.4f} (90% interval {low:.4f}..{high:.4f}): "
+            cv += (f"; test-matched CV{shifted} {manifest['cv_score']:.4f} (90% interval {low:.4f}..{high:.4f}): "
                    "the figure that estimates the leaderboard")
+        elif offset:
+            cv += f"; CV{shifted} {manifest['cv_score']:.4f}: the figure that estimates the leaderboard"
     log.info("infer: %d test images x %d model(s) x %d TTA view(s) -> %s%s", len(test), len(members), len(tta), final, cv)
     return manifest

@@ -131,7 +131,7 @@ def _camvid_like(root, rng):
 def test_camvid_config_end_to_end_gives_a_test_matched_cv(make_cfg, tmp_path):
     """configs/data/camvid.yaml's fold scheme on CamVid-shaped data: folds, two quick fold models,
     inference with the OOF estimate weighted as the test set's kinds, carried to the manifest."""
-    from pipeline import infer, train
+    from pipeline import infer, submit, train
 
     root = _camvid_like(tmp_path / "camvid", np.random.default_rng(0))
     args = [f"data.root={root}", "runtime.device=cpu", "model.arch=deconvnet",
@@ -150,3 +150,14 @@ def test_camvid_config_end_to_end_gives_a_test_matched_cv(make_cfg, tmp_path):
     assert est["kinds"]["new_group"]["oof_images"] == 16 + 8 and est["kinds"]["later_frames"]["oof_images"] == 8
     assert manifest["cv_interval"][0] <= manifest["cv_score"] <= manifest["cv_interval"][1]
     assert 0 <= manifest["cv_pooled"] <= 1
+    assert manifest["cv_offset"] == 0.0 and "cv_before_offset" not in manifest
+
+    # the simulated gap between the fold models' CV and the submitted ensemble, added where configured
+    shifted_cfg = make_cfg(*args, "infer.cv_offset=0.05", data="camvid")
+    shifted = infer.run(shifted_cfg)
+    assert shifted["cv_before_offset"] == pytest.approx(manifest["cv_score"])
+    assert shifted["cv_score"] == pytest.approx(manifest["cv_score"] + 0.05)
+    assert shifted["cv_interval"] == pytest.approx([v + 0.05 for v in manifest["cv_interval"]])
+    assert shifted["cv_score_kind"] == "test_matched+offset" and shifted["cv_pooled"] == manifest["cv_pooled"]
+    meta = json.loads(submit.run(shifted_cfg).with_suffix(".json").read_text())
+    assert meta["cv_score"] == pytest.approx(shifted["cv_score"]) and meta["cv_offset"] == 0.05

@@ -169,6 +169,9 @@ class InferConfig:
     checkpoint: str = "best"  # which weights of each run: best | swa (train.swa_epochs)
     save_probs: bool = False  # float16 probabilities of the test and OOF images (always for multilabel)
     oof: bool = True
+    # added to cv_score: the gap between the fold models' CV and the score of the ensemble actually
+    # submitted, measured by simulating the competition on labelled data (bench/camvid_simulation.py)
+    cv_offset: float = bounded(0.0, -0.5, 0.5)
     analysis_images: int = bounded(8, 0)  # the worst OOF images drawn on the error-analysis page
 
 

@@ -59,11 +59,23 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
               "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
               "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
     result.update(_test_matched(cfg, table, stems, image_states, test_stems, scored, m["score"]))
+    result.update(_with_offset(result, cfg.infer.cv_offset))
     write_json(preds.oof.score, result)
     if not multilabel:
         write_report(preds.analysis, worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
                      m["per_class"], fold_iou, pooled.confusion.numpy(), pooled.name)
     return result
+
+
+def _with_offset(result: dict, offset: float) -> dict:
+    """cv_score (and its interval) moved by infer.cv_offset; the figure before it is kept."""
+    if not offset:
+        return {"cv_offset": 0.0}
+    out = {"cv_offset": offset, "cv_before_offset": result["cv_score"], "cv_score": result["cv_score"] + offset,
+           "cv_score_kind": f"{result['cv_score_kind']}+offset"}
+    if result.get("cv_interval"):
+        out["cv_interval"] = [v + offset for v in result["cv_interval"]]
+    return out
 
 
 def _test_matched(cfg: Config, table, stems, image_states, test_stems, scored, pooled_score) -> dict:
