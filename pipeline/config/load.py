@@ -110,8 +110,9 @@ def load_config(data: str = "demo", model: str = "unet", exp: str | None = None,
     for kind, path in layers:
         merged = _merge(merged, _layer(kind, path))
     for text in overrides:
-        _refuse_moved(parse_override(text), f"override {text!r}")
-        merged = _merge(merged, parse_override(text))
+        layer = parse_override(text)
+        _refuse_moved(layer, f"override {text!r}")
+        merged = _merge(merged, layer)
     merged.setdefault("data", {}).setdefault("name", data)
     merged.setdefault("model", {}).setdefault("name", model)
     merged["exp"] = name or exp or model
