@@ -13,7 +13,7 @@ from pipeline.competition.truth import truth_problems
 from pipeline.competition.submission import (class_ids, image_key, output_label, prediction_masks, read_submission,
                                              validate)
 from pipeline.config import Config, StageArgs
-from pipeline.data.sources import open_split, read_label_png
+from pipeline.data.sources import open_split
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError
 from pipeline.inference.outdir import Preds
@@ -30,12 +30,12 @@ def newest_submission(cfg: Config) -> Path:
     return subs[-1]
 
 
-def score_labels(labels_dir: Path, cfg: Config) -> float:
-    """The competition metric of a folder of label PNGs (the raw predictions, before any
+def score_labels(preds: Preds, cfg: Config) -> float:
+    """The competition metric of a prediction folder's label maps (the raw predictions, before any
     post-processing) against the local truth, at the submission's size."""
     truth, meter = open_split(cfg.data, "truth"), competition_metric(cfg)
     for k, r in enumerate(truth.records):
-        pred = output_label(read_label_png(labels_dir / f"{r.stem}.png"), cfg.submission)
+        pred = output_label(preds.read_label(r.stem), cfg.submission)
         meter.update(pred, output_label(truth.mask(k), cfg.submission))
     return meter.compute()["score"]
 
@@ -94,7 +94,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     read_leaderboard(board_path)  # a malformed leaderboard is refused before any work
     preds = Preds(Path(meta["preds"])) if meta.get("preds") else None
     if meta.get("postprocess") is not None and preds is not None and preds.labels.is_dir():
-        result["score_without_postprocess"] = score_labels(preds.labels, cfg)
+        result["score_without_postprocess"] = score_labels(preds, cfg)
     row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "data": cfg.data.name, "file": str(path),
            "experiments": "+".join(meta.get("experiments", [])) or meta.get("exp", ""),
            "folds": " ".join(str(f) for f in meta.get("folds", [])), "tta": " ".join(meta.get("tta", [])),
