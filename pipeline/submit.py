@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pipeline.competition.submission import class_ids, submission_table
-from pipeline.competition.postprocess import bits_from_probs
+from pipeline.competition.postprocess import decide, needs_probs
 from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import get_logger
@@ -58,12 +58,17 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
         tuned_doc, rules = preds.read_rules(cfg.data.classes)
         if tuned_doc is not None:
             manifest = {**manifest, "postprocess": tuned_doc["rules"], "oof_after_postprocess": tuned_doc.get("oof_after")}
+            if rules and tuned_doc.get("cv"):  # the CV of what is submitted: OOF maps under rules tuned without their fold
+                manifest = {**manifest, **tuned_doc["cv"], "cv_before_postprocess": manifest.get("cv_score")}
+    from_probs = needs_probs(rules, multilabel)
+    if from_probs and not all(preds.probs(r.stem).exists() for r in test.records):
+        raise DataError(f"{preds.postprocess}: its rules act on probabilities (thresholds, biases) but {preds.root / 'probs'} "
+                        "lacks some test images; run `make infer-tta` with infer.save_probs=true")
 
     def label_of(rec):
-        label = preds.read_label(rec.stem, (rec.height, rec.width))
-        if rules and multilabel:  # tuned thresholds act on the probabilities
-            label = bits_from_probs(preds.read_probs(rec.stem), rules)
-        return label
+        if from_probs:  # tuned thresholds or biases act on the probabilities
+            return decide(preds.read_probs(rec.stem), rules, multilabel)
+        return preds.read_label(rec.stem, (rec.height, rec.width))
 
     df = submission_table(test.records, label_of, cfg, rules)
     buf = io.StringIO()

@@ -109,3 +109,100 @@ def test_rules_that_lose_on_held_out_folds_are_not_applied(make_cfg, monkeypatch
     assert result["oof_after"] > result["oof_before"] and result["holdout_gain_mean"] < 0
     assert result["rules"] == {} and "can" in result["rejected"]
     assert json.loads((Preds.of(cfg).postprocess).read_text())["rules"] == {}
+
+
+def _overpredicting(truths, rng, over=3, classes=4):
+    """Softmax-like probabilities that are right except that class `over` wins, narrowly, on a band
+    of pixels around each of its true regions and on random pixels (a class-weighted model's habit)."""
+    out = []
+    for t in truths:
+        p = np.full((classes, *t.shape), 0.05, np.float32)
+        for c in range(classes):
+            p[c][t == c] = 0.85
+        near = np.zeros(t.shape, bool)
+        near[rng.random(t.shape) < 0.15] = True
+        p[over][near] = p[t[near], near] + 0.05  # wins by a small margin where it is wrong
+        out.append(p / p.sum(0, keepdims=True))
+    return out
+
+
+def test_a_negative_bias_undoes_an_over_predicted_class_and_zero_bias_is_the_argmax():
+    from pipeline.competition.postprocess import biased_argmax, decide
+
+    rng = np.random.default_rng(3)
+    truths = _truths(rng)
+    probs = _overpredicting(truths, rng)
+    assert np.array_equal(biased_argmax(probs[0], {}), probs[0].argmax(0))
+    assert np.array_equal(decide(probs[0], {1: ClassRule(bias=0.0)}, False), probs[0].argmax(0))
+
+    def metric():
+        return build_metric("miou", 4, 255)
+
+    rules, before, after = tune(probs, truths, [0, 1, 2, 3], metric, background=None, probs=True)
+    bias = {c: rules.get(c, ClassRule()).bias for c in range(4)}
+    assert bias[3] < min(bias[0], bias[1], bias[2]) and after > before + 0.1  # class 3 shifted down against the rest
+    assert after == pytest.approx(evaluate(probs, truths, rules, metric, None, False, True))
+    assert all(r.min_area == 0 and r.gate == 0 for r in rules.values())  # no background: no area rules
+
+
+def test_a_bias_out_of_range_is_refused_naming_the_class_and_field():
+    from pipeline.competition.postprocess import rules_problems
+
+    problems = rules_problems({"rules": {"can": {"bias": 40.0}}}, ["background", "can"], "pp.json")
+    assert problems and "rules.can.bias" in problems[0] and "40.0" in problems[0]
+    assert rules_problems({"rules": {"can": {"bias": -1.5}}}, ["background", "can"], "pp.json") == []
+
+
+def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_the_cross_fitted_cv(make_cfg):
+    """Single-label, no background (CamVid's case): tune searches class biases on the OOF
+    probabilities, scores the CV again with each fold's biases tuned on the other folds, and the
+    submission is decided from the test probabilities with the biases and carries that CV."""
+    import torch
+
+    from pipeline import folds, score, submit
+    from pipeline import tune as tune_stage
+    from pipeline.data.pool import labelled_pool
+    from pipeline.data.sources import open_split
+    from pipeline.errors import DataError
+    from pipeline.inference.ensemble import save_prediction
+    from pipeline.inference.oof import OofScores
+    from pipeline.io import write_json
+
+    cfg = make_cfg("competition.background=null", "infer.save_probs=true", name="biased")
+    folds.run(cfg)
+    pool, table = labelled_pool(cfg)
+    rng = np.random.default_rng(2)
+    C, preds = cfg.data.num_classes, Preds.of(cfg)
+    raw = OofScores(cfg)
+    for _, row in table.iterrows():  # OOF: the truth, but class 3 wins narrowly on a share of other pixels
+        i = int(row["index"])
+        truth = pool.mask(i)
+        p = _overpredicting([truth.clip(0, C - 1)], rng, over=3, classes=C)[0]
+        label = save_prediction(preds.oof, row["image_id"], torch.from_numpy(p), True)
+        raw.add(int(row["fold"]), row["image_id"], label, truth)
+    test = open_split(cfg.data, "test", labelled=False)
+    truth = open_split(cfg.data, "truth")
+    masks = {r.stem: truth.mask(k) for k, r in enumerate(truth.records)}
+    for rec in test.records:
+        p = _overpredicting([masks[rec.stem].clip(0, C - 1)], rng, over=3, classes=C)[0]
+        save_prediction(preds, rec.stem, torch.from_numpy(p), True)
+    stems = [r.stem for r in test.records]
+    before = raw.result(table, stems)
+    write_json(preds.manifest, {"files": stems, **before})
+
+    result = tune_stage.run(cfg)
+    bias = [result["rules"].get(name, {}).get("bias", 0.0) for name in cfg.data.classes]
+    assert bias[3] < min(b for c, b in enumerate(bias) if c != 3) and result["holdout_gain_mean"] > 0
+    assert result["cv"]["cv_score"] > before["cv_score"] + 0.02  # the cross-fitted CV, not the tuned-on-it one
+    assert result["cv"]["oof_images"] == before["oof_images"]
+
+    sub = submit.run(cfg)
+    meta = json.loads(sub.with_suffix(".json").read_text())
+    assert meta["cv_score"] == pytest.approx(result["cv"]["cv_score"])
+    assert meta["cv_before_postprocess"] == pytest.approx(before["cv_score"])
+    scored = score.run(cfg, StageArgs(sub=str(sub)))  # the hidden labels: the biases carry to the test images
+    assert scored["score"] > scored["score_without_postprocess"] + 0.02
+
+    preds.probs(stems[0]).unlink()
+    with pytest.raises(DataError, match="probs"):
+        submit.run(cfg)

@@ -1,9 +1,13 @@
 """Post-processing of label maps, tuned on out-of-fold predictions: per class, connected components
 smaller than a minimum area become background, and a class whose whole area in an image is below
 a gate is dropped from that image; for the multilabel task also each class's probability
-threshold. Pure functions on label maps and probabilities; the search is a small grid."""
+threshold, for the single-label task (when the probabilities are kept) each class's bias, a shift
+of its log-probability before the argmax: training with class weights (median frequency) makes
+thin classes over-predicted, and a prior shift tuned on OOF images undoes what the metric does not
+want. Pure functions on label maps and probabilities; the search is a small grid."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,9 @@ from pipeline.pixels import threshold_bits
 
 AREA_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)  # shares of the image's pixels
 THRESHOLD_GRID = (0.5, 0.3, 0.4, 0.6, 0.7)  # multilabel: probability thresholds (0.5 = untuned)
+BIAS_GRID = (0.0, -0.25, -0.5, -1.0, -1.5, -2.0, 0.25, 0.5, 1.0)  # single-label: log-probability shifts
+BIAS_ROUNDS = 2  # the biases interact through the argmax: a second pass over the classes
+BIAS_LIMIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -23,11 +30,33 @@ class ClassRule:
     min_area: float = 0.0  # share of the image: smaller components become background
     gate: float = 0.0  # share of the image: below this total area the class is dropped
     threshold: float = 0.5  # multilabel: the class's probability threshold
+    bias: float = 0.0  # single-label: added to the class's log-probability before the argmax
 
 
 def bits_from_probs(probs: np.ndarray, rules: dict[int, ClassRule]) -> np.ndarray:
     """Multilabel: the map of class bits of (C, H, W) probabilities at each class's threshold."""
     return threshold_bits(probs, [rules.get(c, ClassRule()).threshold for c in range(len(probs))])
+
+
+def needs_probs(rules: dict[int, ClassRule], multilabel: bool) -> bool:
+    """Whether the rules act on the probabilities (thresholds, biases), not only on label maps."""
+    return bool(rules) and (multilabel or any(r.bias for r in rules.values()))
+
+
+def biased_argmax(probs: np.ndarray, rules: dict[int, ClassRule], rows: int = 256) -> np.ndarray:
+    """Single-label: the label map (uint8) of argmax_c log p_c + bias_c for (C, H, W) probabilities,
+    a band of rows at a time (a whole large image's temporaries would be C x 4 bytes per pixel)."""
+    weight = np.exp([rules.get(c, ClassRule()).bias for c in range(len(probs))]).astype(np.float32)[:, None, None]
+    label = np.empty(probs.shape[1:], np.uint8)
+    for y in range(0, probs.shape[1], rows):
+        label[y:y + rows] = (probs[:, y:y + rows] * weight).argmax(0)  # p * e^b: the same order as log p + b
+    return label
+
+
+def decide(probs: np.ndarray, rules: dict[int, ClassRule], multilabel: bool) -> np.ndarray:
+    """The label map of (C, H, W) probabilities under the rules' thresholds (multilabel: class bits)
+    or biases (single-label)."""
+    return bits_from_probs(probs, rules) if multilabel else biased_argmax(probs, rules)
 
 
 def apply(label: np.ndarray, rules: dict[int, ClassRule], background: int = 0, multilabel: bool = False) -> np.ndarray:
@@ -98,37 +127,53 @@ def rules_problems(doc: dict, class_names, where: str) -> list[str]:
                 problems.append(f"{at}.{key}: {value!r} is outside 0..1{hint}")
             elif key == "threshold" and not 0 < value < 1:
                 problems.append(f"{at}.{key}: {value!r} is outside (0, 1)")
+            elif key == "bias" and not -BIAS_LIMIT <= value <= BIAS_LIMIT:
+                problems.append(f"{at}.{key}: {value!r} is outside -{BIAS_LIMIT:g}..{BIAS_LIMIT:g} (a log-probability shift)")
     score = doc.get("oof_after")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         problems.append(f"{where}: field 'oof_after': expected a number, got {score!r}")
     return problems
 
 
-def evaluate(preds, truths, rules: dict[int, ClassRule], metric_factory, background: int = 0,
-             multilabel: bool = False) -> float:
-    """The metric of `preds` (label maps; multilabel: (C, H, W) probabilities) under `rules`."""
+def evaluate(preds, truths, rules: dict[int, ClassRule], metric_factory, background: int | None = 0,
+             multilabel: bool = False, probs: bool | None = None) -> float:
+    """The metric of `preds` under `rules`: label maps, or with `probs` (always for multilabel)
+    (C, H, W) probabilities."""
+    from_probs = multilabel if probs is None else probs
     m = metric_factory()
     for p, t in zip(preds, truths):
-        label = bits_from_probs(p, rules) if multilabel else p
+        label = decide(p, rules, multilabel) if from_probs else p
         m.update(apply(label, rules, background, multilabel), t)
     return m.compute()["score"]
 
 
 def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], metric_factory,
-         background: int = 0, multilabel: bool = False) -> tuple[dict[int, ClassRule], float, float]:
-    """Coordinate search over the grid, class by class (multilabel: threshold first; then min area,
-    then gate), keeping a value only when the metric improves. Returns (rules, before, after)."""
-    def score(rules):
-        return evaluate(preds, truths, rules, metric_factory, background, multilabel)
+         background: int | None = 0, multilabel: bool = False,
+         probs: bool | None = None) -> tuple[dict[int, ClassRule], float, float]:
+    """Coordinate search over the grids, keeping a value only when the metric improves: with
+    single-label probabilities (`probs`) first each class's bias, BIAS_ROUNDS passes over the
+    classes; then class by class the threshold (multilabel), min area and gate (only with a
+    `background` to give removed pixels to). Returns (rules, before, after)."""
+    from_probs = multilabel if probs is None else probs
 
-    rules = {c: ClassRule() for c in classes if c != background}
+    def score(rules):
+        return evaluate(preds, truths, rules, metric_factory, background, multilabel, from_probs)
+
+    rules = {c: ClassRule() for c in classes}
     before = best = score({})
-    grids = ([("threshold", THRESHOLD_GRID)] if multilabel else []) + [("min_area", AREA_GRID), ("gate", AREA_GRID)]
-    for c in list(rules):
-        for field, grid in grids:
-            for value in grid[1:]:
-                trial = {**rules, c: ClassRule(**{**rules[c].__dict__, field: value})}
-                s = score(trial)
-                if s > best + 1e-12:
-                    best, rules = s, trial
+    passes = [[("bias", BIAS_GRID)]] * BIAS_ROUNDS if from_probs and not multilabel else []
+    passes.append(([("threshold", THRESHOLD_GRID)] if multilabel else [])
+                  + ([("min_area", AREA_GRID), ("gate", AREA_GRID)] if background is not None else []))
+    for grids in passes:
+        for c in list(rules):
+            for field, grid in grids:
+                if field != "bias" and c == background:  # removed pixels go to it: no rule of its own
+                    continue
+                for value in grid:
+                    if value == getattr(rules[c], field):
+                        continue
+                    trial = {**rules, c: dataclasses.replace(rules[c], **{field: value})}
+                    s = score(trial)
+                    if s > best + 1e-12:
+                        best, rules = s, trial
     return {c: r for c, r in rules.items() if r != ClassRule()}, before, best

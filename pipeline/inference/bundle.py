@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.competition.postprocess import bits_from_probs, load_rules
+from pipeline.competition.postprocess import decide, load_rules, needs_probs
 from pipeline.competition.submission import submission_table
 from pipeline.config import Config, SplitConfig, load_config_file
 from pipeline.data.sources import MaskDirSource
@@ -54,10 +54,10 @@ def predict_folder(folder: Path, images: Path, out_csv: Path, device: str = "aut
     multilabel = cfg.competition.multilabel
     ensemble = Ensemble.from_config(cfg, members, rt, build_tta(doc["tta"]))
     rules = load_rules({"rules": doc["postprocess"]}, cfg.data.classes) if doc["postprocess"] else {}
-    labels = {}
+    labels, from_probs = {}, multilabel or needs_probs(rules, multilabel)
     for i, probs in ensemble.predict(test, list(range(len(test))), batch_size or cfg.infer.batch_size):
-        if multilabel:  # as make infer-tta keeps them: float16, thresholded by the tuned rules
-            labels[test.records[i].stem] = bits_from_probs(probs.numpy().astype(np.float16).astype(np.float32), rules)
+        if from_probs:  # as make infer-tta keeps them: float16, under the tuned thresholds or biases
+            labels[test.records[i].stem] = decide(probs.numpy().astype(np.float16).astype(np.float32), rules, multilabel)
         else:
             labels[test.records[i].stem] = top_class(probs)[0]
     df = submission_table(test.records, lambda rec: labels[rec.stem], cfg, rules)

@@ -23,48 +23,71 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
     each validation image relates to its fold's training images) the test-matched estimate for
     `test_stems`; the error report into preds.analysis."""
     pool, table = labelled_pool(cfg)
-    image_states, stems = [], []
     ign = cfg.data.ignore_index
-    pooled, per_fold, fold_iou, n = competition_metric(cfg), {}, {}, 0
+    scores = OofScores(cfg)
     multilabel = cfg.competition.multilabel  # its OOF probabilities are always kept: make tune picks thresholds
     worst = WorstImages(cfg.infer.analysis_images)
     for fold, members in sorted(by_fold.items()):
         _, idx = fold_indices(table, fold, str(cfg.folds_csv))
-        meter = competition_metric(cfg)
         ensemble = Ensemble.from_config(cfg, members, rt, tta)
         predicted = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
         for i, p, truth in predicted:
             label = save_prediction(preds.oof, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel)
-            pooled.update(label, truth)
-            meter.update(label, truth)
-            image = competition_metric(cfg)
-            image.update(label, truth)
-            image_states.append(image.state())
-            stems.append(pool.records[i].stem)
+            image = scores.add(int(fold), pool.records[i].stem, label, truth)
             if not multilabel:  # the error-analysis page draws one class per pixel
                 worst.add(image.compute()["score"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))
-            n += 1
-        m = meter.compute()
-        per_fold[int(fold)], fold_iou[int(fold)] = m["score"], m["per_class"]
-    if n == 0:
-        raise DataError("OOF: no validation images in the trained folds")
-    m = pooled.compute()
-    scores = np.array(list(per_fold.values()))
-    scored = [cfg.data.classes[c] for c in pooled.classes]
-
-    def by_class(values):
-        return {c: (None if np.isnan(v) else float(v)) for c, v in zip(scored, values)}
-
-    result = {"metric": pooled.name, "cv_score": m["score"], "cv_miou": m["miou"], "oof_images": n,
-              "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
-              "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
-    result.update(_test_matched(cfg, table, stems, image_states, test_stems, scored, m["score"]))
-    result.update(_with_offset(result, cfg.infer.cv_offset))
+    result = scores.result(table, test_stems)
     write_json(preds.oof.score, result)
     if not multilabel:
-        write_report(preds.analysis, worst.worst_first(), pool.image, list(cfg.data.classes), scored, ign,
-                     m["per_class"], fold_iou, pooled.confusion.numpy(), pooled.name)
+        write_report(preds.analysis, worst.worst_first(), pool.image, list(cfg.data.classes), scores.scored, ign,
+                     scores.pooled.compute()["per_class"], scores.fold_iou, scores.pooled.confusion.numpy(), scores.pooled.name)
     return result
+
+
+class OofScores:
+    """The CV's meters over out-of-fold label maps: pooled, per fold, and each image's state (the
+    test-matched estimate reweights images)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.pooled, self.folds = cfg, competition_metric(cfg), {}
+        self.stems, self.image_states = [], []
+
+    def add(self, fold: int, stem: str, label, truth):
+        """Counts one OOF image; returns its own meter."""
+        self.pooled.update(label, truth)
+        self.folds.setdefault(fold, competition_metric(self.cfg)).update(label, truth)
+        image = competition_metric(self.cfg)
+        image.update(label, truth)
+        self.image_states.append(image.state())
+        self.stems.append(stem)
+        return image
+
+    @property
+    def scored(self) -> list[str]:
+        return [self.cfg.data.classes[c] for c in self.pooled.classes]
+
+    @property
+    def fold_iou(self) -> dict[int, np.ndarray]:
+        return {k: m.compute()["per_class"] for k, m in sorted(self.folds.items())}
+
+    def result(self, table, test_stems) -> dict:
+        """The CV: pooled, per fold, per class, the test-matched estimate for `test_stems` (when
+        folds.csv says how each OOF image relates to its fold's training images) and infer.cv_offset."""
+        if not self.stems:
+            raise DataError("OOF: no validation images in the trained folds")
+        m = self.pooled.compute()
+        per_fold = {k: f.compute()["score"] for k, f in sorted(self.folds.items())}
+        scores = np.array(list(per_fold.values()))
+
+        def by_class(values):
+            return {c: (None if np.isnan(v) else float(v)) for c, v in zip(self.scored, values)}
+
+        result = {"metric": self.pooled.name, "cv_score": m["score"], "cv_miou": m["miou"], "oof_images": len(self.stems),
+                  "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
+                  "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
+        result.update(_test_matched(self.cfg, table, self.stems, self.image_states, test_stems, self.scored, m["score"]))
+        result.update(_with_offset(result, self.cfg.infer.cv_offset))
+        return result
 
 
 def _with_offset(result: dict, offset: float) -> dict:
