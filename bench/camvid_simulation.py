@@ -15,6 +15,9 @@ Another draw of the same make-up: `--new-drive 0001TP --continued 0006R0 --later
 and the last 23 frames of 0006R0 (73% / 27%), and folds what is left as the rest of 0006R0 whole
 against the later half of 0016E5, as configs/data/camvid.yaml does.
 
+`--reuse` keeps a draw's trained models and runs its folds, inference, tuning, submission and
+scoring again (results under <name>_reused).
+
 The layout is built under data/<name>/ as symbolic links to ../shared/datasets/camvid (nothing
 copied). Results: bench/results/<name>.json and the stage logs in bench/results/<name>/.
 """
@@ -101,6 +104,7 @@ def main():
     p.add_argument("--name", default="camvid_simulation", help="results name (and data/<name>/ for the layout)")
     p.add_argument("--hold-whole", default=None, help="folds: the drive held out whole (default: the drive left)")
     p.add_argument("--tail-of", default=None, help="folds: the drive whose later half is held out (default: --continued)")
+    p.add_argument("--reuse", action="store_true", help="keep the draw's trained models: folds (its own), infer, tune, submit, score again")
     a = p.parse_args()
     extra = ["infer.cv_offset=0.0", *shlex.split(a.args)]  # the raw CV: the offset is what this measures
     if a.name != "camvid_simulation":  # another draw: its own layout, runs and folds
@@ -108,11 +112,13 @@ def main():
         tail = a.tail_of or a.continued
         extra = [f"data.root=data/{a.name}", f"name={a.exp}_{a.name}", "folds.tail=null", "folds.assign=null",
                  f"folds.tail={{'{tail}': 0.5}}", f"folds.assign={{'{whole}': 0, '{tail}@tail': 1}}", *extra]
-    out = REPO / "bench" / "results" / a.name
+    tag = a.name + ("_reused" if a.reuse else "")  # a re-run keeps the draw's first results beside it
+    out = REPO / "bench" / "results" / tag
     out.mkdir(parents=True, exist_ok=True)
     layout = build_layout(REPO / "data" / (a.name if a.name != "camvid_simulation" else "camvid_sim"),
                           a.new_drive, a.continued, a.later)
-    seconds = {s: stage(s, a.exp, extra, out) for s in ("folds", "train-all", "infer", "submit", "score")}
+    stages = ("folds", "infer", "tune", "submit", "score") if a.reuse else ("folds", "train-all", "infer", "tune", "submit", "score")
+    seconds = {s: stage(s, a.exp, extra, out) for s in stages}
     run_name = next((e.split("=", 1)[1] for e in extra if e.startswith("name=")), a.exp)
     preds = REPO / "outputs" / "camvid_sim" / "preds" / run_name
     manifest = json.loads((preds / "manifest.json").read_text())
@@ -121,16 +127,25 @@ def main():
     board = pd.read_csv(REPO / "submissions" / "leaderboard.csv")
     local = board[board["file"].astype(str).str.contains("camvid_sim")].iloc[-1]
     score_json = json.loads((preds / "oof" / "score.json").read_text())
+    tuned = json.loads((preds / "postprocess.json").read_text())
+    cv_tuned = tuned.get("cv") or {}
     result = {"exp": a.exp, "args": extra, "layout": layout, "seconds": seconds,
-              "pseudo_test_score": float(local["local_score"]), "pseudo_test_score_by_kind": score_by_kind(a.exp, extra, a.new_drive),
+              "pseudo_test_score": float(local["local_score"]),
+              "pseudo_test_score_before_postprocess": None if pd.isna(local.get("local_score_raw")) else float(local["local_score_raw"]),
+              "pseudo_test_score_by_kind_before_postprocess": score_by_kind(a.exp, extra, a.new_drive),
               "submission": str(local["file"]),
               "cv": {"pooled_oof": manifest["cv_pooled"], "fold_mean": manifest["cv_fold_mean"],
                      "fold_std": manifest["cv_fold_std"], "folds": manifest["cv_folds"],
                      "test_matched": manifest["cv_score"] if manifest["cv_score_kind"] == "test_matched" else None,
                      "test_matched_interval": manifest["cv_interval"]},
-              "cv_test_matched": score_json.get("cv_test_matched"), "machine": machine(),
+              "cv_test_matched": score_json.get("cv_test_matched"),
+              "postprocess": {"rules": tuned["rules"], "holdout_gain_mean": tuned["holdout_gain_mean"],
+                              "cv_test_matched": cv_tuned.get("cv_score") if cv_tuned.get("cv_score_kind") == "test_matched" else None,
+                              "cv_interval": cv_tuned.get("cv_interval"), "cv_pooled": cv_tuned.get("cv_pooled"),
+                              "per_class": (cv_tuned.get("cv_test_matched") or {}).get("per_class")},
+              "machine": machine(),
               "when": time.strftime("%Y-%m-%d %H:%M")}
-    (REPO / "bench" / "results" / f"{a.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (REPO / "bench" / "results" / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

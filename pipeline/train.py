@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.competition.metrics import competition_metric
 from pipeline.config import Config, StageArgs
+from pipeline.config.choices import CLASS_WEIGHTS
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
 from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool, read_folds
@@ -151,12 +152,17 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
 
 
 def _class_weights(cfg: Config, stats):
-    """Loss terms with `class_weights: median_frequency` resolved from this fold's training images."""
+    """Loss terms with `class_weights: median_frequency` (or another CLASS_WEIGHTS name) resolved
+    from this fold's training images."""
     out = []
     for t in cfg.train.losses:
-        if t.params.get("class_weights") == "median_frequency":
-            w = median_frequency_weights(stats)
-            log.info("  class weights (median frequency): %s", ", ".join(f"{x:.2f}" for x in w))
+        name = t.params.get("class_weights")
+        if isinstance(name, str):
+            if name not in CLASS_WEIGHTS:
+                raise ConfigError(f"train.losses {t.name}.class_weights: {name!r} is not one of "
+                                  f"{', '.join(CLASS_WEIGHTS)} (or a list of one weight per class)")
+            w = median_frequency_weights(stats, CLASS_WEIGHTS[name])
+            log.info("  class weights (%s): %s", name.replace("_", " "), ", ".join(f"{x:.2f}" for x in w))
             t = dataclasses.replace(t, params={**t.params, "class_weights": w})
         out.append(t)
     return tuple(out)

@@ -15,15 +15,21 @@ from pipeline import export, infer, submit
 from pipeline.competition.submission import read_submission
 from pipeline.data.sources import open_split
 from pipeline.errors import DataError
+from pipeline.inference.outdir import Preds
+from pipeline.io import write_json
 from helpers import TINY, fake_runs
 
 
 @pytest.mark.slow
 def test_bundle_predicts_offline_what_make_submission_writes(make_cfg, tmp_path):
-    cfg = make_cfg(*TINY, "infer.tta=[hflip]")
+    cfg = make_cfg(*TINY, "infer.tta=[hflip]", "infer.save_probs=true")
     fake_runs(cfg)
     infer.run(cfg)
+    untuned = read_submission(submit.run(cfg), cfg.submission)
+    # a tuned class bias (make tune's rule for single-label probabilities) travels in the bundle
+    write_json(Preds.of(cfg).postprocess, {"rules": {cfg.data.classes[1]: {"bias": 2.0}}})
     expected = read_submission(submit.run(cfg), cfg.submission)
+    assert not expected.equals(untuned)
     bundle = export.run(cfg, StageArgs(out=str(tmp_path / "bundle")))
     assert (bundle / "predict.py").exists() and list((bundle / "wheels").glob("segpipe-*.whl"))
     with pytest.raises(DataError, match="not empty"):

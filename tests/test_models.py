@@ -137,6 +137,23 @@ def test_median_frequency_weights():
     med = np.median([f0, f1])
     assert np.allclose(w[:2], [med / f0, med / f1])
     assert w[2] == max(w[:2])  # never-seen class 2 gets the largest weight
+    assert np.allclose(median_frequency_weights(stats, 0.5), np.sqrt(w))  # sqrt_median_frequency: milder
+
+
+def test_a_class_weighting_by_an_unknown_name_is_refused_naming_the_choices(make_cfg):
+    import numpy as np
+
+    from pipeline.data.stats import LabelStats
+    from pipeline.errors import ConfigError
+    from pipeline.train import _class_weights
+
+    stats = LabelStats(pixels=np.array([30, 10, 0]), image_pixels=np.array([40, 20, 0]), ignored=0, total=40)
+    cfg = make_cfg("train.losses=[{name: ce, params: {class_weights: sqrt_median_frequency}}]")
+    (term,) = _class_weights(cfg, stats)
+    assert np.allclose(term.params["class_weights"], np.sqrt([0.625 / 0.75, 0.625 / 0.5, 0.625 / 0.5]))
+    bad = make_cfg("train.losses=[{name: ce, params: {class_weights: inverse_frequency}}]")
+    with pytest.raises(ConfigError, match="class_weights: 'inverse_frequency' is not one of median_frequency"):
+        _class_weights(bad, stats)
 
 
 def _sched_lrs(**kw):

@@ -10,6 +10,9 @@ TRACKERS = ("tensorboard", "mlflow")  # engine/trackers.py
 METRICS = ("miou", "miou_image", "dice_image_class")  # competition/metrics.py
 OVERLAP = ("area_desc", "order", "priority", "ignore", "multilabel")  # data/overlap.py
 TTA = ("hflip", "vflip", "d4", "none")  # inference/tta.py; also `scale:<s1>,<s2>...`
+# a loss's `class_weights` by name, resolved from the fold's training pixels (train.py), and the
+# power of median-frequency balancing each takes: the square root weighs rare classes less
+CLASS_WEIGHTS = {"median_frequency": 1.0, "sqrt_median_frequency": 0.5}
 
 # `section.field`: the values it accepts
 CHOICES = {

@@ -52,10 +52,10 @@ def rarest_classes(stats: LabelStats, share: float = 1 / 3) -> list[int]:
     return sorted(int(c) for c in seen[: max(1, round(len(stats.pixels) * share))])
 
 
-def median_frequency_weights(stats: LabelStats) -> list[float]:
-    """SegNet's median frequency balancing: w_c = median(f) / f_c, where f_c is class c's pixel share
-    in the images that contain it. Classes never seen get the largest weight."""
+def median_frequency_weights(stats: LabelStats, power: float = 1.0) -> list[float]:
+    """SegNet's median frequency balancing: w_c = (median(f) / f_c) ** power, where f_c is class c's
+    pixel share in the images that contain it. Classes never seen get the largest weight."""
     seen = stats.pixels > 0
     freq = np.where(seen, stats.pixels / np.maximum(stats.image_pixels, 1), np.nan)
-    w = np.nanmedian(freq) / freq
+    w = (np.nanmedian(freq) / freq) ** power
     return [float(x) for x in np.where(seen, w, np.nanmax(w))]
