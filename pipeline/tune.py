@@ -1,8 +1,8 @@
-"""`make tune`: post-processing (per class: log-probability bias for single-label probabilities,
-threshold for multilabel ones, minimum component area, empty-mask gate) searched on the
-out-of-fold predictions to maximise the competition metric; the gain is also measured on each fold
-with rules tuned on the other folds only, the honest estimate of what carries to the test set, and
-the CV is scored again that way (`cv`: the figure a post-processed submission carries).
+"""`make tune`: post-processing (per class: a log-probability bias for single-label probabilities,
+alpha * log(f_c / median f) with one alpha; a threshold for multilabel ones; minimum component
+area; empty-mask gate) searched on the out-of-fold predictions to maximise the competition metric;
+the gain is also measured on each fold with rules tuned on the other folds only, the honest
+estimate of what carries to the test set, and the CV is scored again that way (`cv`: the figure a post-processed submission carries).
 Writes preds/<exp>/postprocess.json, which `make submission` applies."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from pipeline.competition.metrics import competition_metric
-from pipeline.competition.postprocess import apply, decide, evaluate, needs_probs, tune
+from pipeline.competition.postprocess import apply, decide, evaluate, log_prior, needs_probs, tune
 from pipeline.competition.submission import class_ids
 from pipeline.config import Config, StageArgs
 from pipeline.data.pool import labelled_pool
@@ -62,14 +62,21 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     def metric():
         return competition_metric(cfg)
 
-    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs)
-    holdout, fold_rules = {}, {}
+    biased = from_probs and not multilabel
+
+    def prior(images):  # the class frequencies of the images the rules are tuned on, nothing else
+        return log_prior(images, cfg.data.num_classes, cfg.data.ignore_index) if biased else None
+
+    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs, prior(truths))
+    holdout, fold_rules, alphas = {}, {}, {"all": _alpha(rules, prior(truths))}
     for k in sorted(set(folds.tolist())):
         inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         if not inside.size:
             continue
-        fold_rules[k], _, _ = tune([preds[i] for i in inside], [truths[i] for i in inside], classes, metric, bg,
-                                   multilabel, from_probs)
+        tuning = [truths[i] for i in inside]
+        fold_rules[k], _, _ = tune([preds[i] for i in inside], tuning, classes, metric, bg, multilabel, from_probs,
+                                   prior(tuning))
+        alphas[k] = _alpha(fold_rules[k], prior(tuning))
         held = ([preds[i] for i in outside], [truths[i] for i in outside])
         holdout[k] = {"before": evaluate(*held, {}, metric, bg, multilabel, from_probs),
                       "after": evaluate(*held, fold_rules[k], metric, bg, multilabel, from_probs)}
@@ -85,6 +92,8 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
               "rejected": {} if rules else tuned,
               "oof_before": before, "oof_after": after, "holdout": holdout,
               "holdout_gain_mean": float(np.mean(gains)) if gains else None}
+    if biased:  # each class's bias is alpha * log(f_c / median f): alpha tuned on all images, and without each fold
+        result["bias_alpha"] = alphas
     if rules and len(fold_rules) == len(holdout) and holdout:
         result["cv"] = cross_fitted_cv(cfg, folder, pool, table, rows, fold_rules, from_probs)
     write_json(folder.postprocess, result)
@@ -95,6 +104,13 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
              f"; CV with each fold's rules tuned on the other folds {cv['cv_score']:.4f} ({cv['cv_score_kind']}), "
              "the submission's cv_score" if cv else "")
     return result
+
+
+def _alpha(rules: dict, prior) -> float | None:
+    """The alpha of the biases tune chose (bias = alpha * prior), read back from the rules."""
+    if prior is None:
+        return None
+    return next((float(r.bias / prior[c]) for c, r in rules.items() if r.bias and prior[c]), 0.0)
 
 
 def cross_fitted_cv(cfg: Config, folder: Preds, pool, table, rows, fold_rules: dict, from_probs: bool) -> dict:

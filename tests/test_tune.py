@@ -112,35 +112,48 @@ def test_rules_that_lose_on_held_out_folds_are_not_applied(make_cfg, monkeypatch
 
 
 def _overpredicting(truths, rng, over=3, classes=4):
-    """Softmax-like probabilities that are right except that class `over` wins, narrowly, on a band
-    of pixels around each of its true regions and on random pixels (a class-weighted model's habit)."""
+    """Softmax-like probabilities that are right except that class `over` wins, narrowly, on a
+    random share of the other pixels (the habit of a model trained with a rare class weighted up)."""
     out = []
     for t in truths:
         p = np.full((classes, *t.shape), 0.05, np.float32)
         for c in range(classes):
             p[c][t == c] = 0.85
-        near = np.zeros(t.shape, bool)
-        near[rng.random(t.shape) < 0.15] = True
+        near = rng.random(t.shape) < 0.15
         p[over][near] = p[t[near], near] + 0.05  # wins by a small margin where it is wrong
         out.append(p / p.sum(0, keepdims=True))
     return out
 
 
-def test_a_negative_bias_undoes_an_over_predicted_class_and_zero_bias_is_the_argmax():
-    from pipeline.competition.postprocess import biased_argmax, decide
+def _with_a_rare_class(rng, n=12, shape=(40, 50)):
+    """Background, a common square of class 1 and a thin rare line of class 3."""
+    out = []
+    for _ in range(n):
+        t = np.zeros(shape, np.uint8)
+        y, x = rng.integers(0, shape[0] - 15), rng.integers(0, shape[1] - 15)
+        t[y:y + 15, x:x + 15] = 1
+        t[rng.integers(0, shape[0] - 2):, int(rng.integers(0, shape[1]))][:10] = 3
+        out.append(t)
+    return out
+
+
+def test_the_prior_bias_undoes_an_over_predicted_rare_class_and_zero_bias_is_the_argmax():
+    from pipeline.competition.postprocess import biased_argmax, decide, log_prior
 
     rng = np.random.default_rng(3)
-    truths = _truths(rng)
+    truths = _with_a_rare_class(rng)
     probs = _overpredicting(truths, rng)
     assert np.array_equal(biased_argmax(probs[0], {}), probs[0].argmax(0))
     assert np.array_equal(decide(probs[0], {1: ClassRule(bias=0.0)}, False), probs[0].argmax(0))
+    prior = log_prior(truths, 4, 255)
+    assert prior[3] < prior[1] < prior[0] and prior[2] == 0  # rare below common; class 2 never seen
 
     def metric():
         return build_metric("miou", 4, 255)
 
-    rules, before, after = tune(probs, truths, [0, 1, 2, 3], metric, background=None, probs=True)
-    bias = {c: rules.get(c, ClassRule()).bias for c in range(4)}
-    assert bias[3] < min(bias[0], bias[1], bias[2]) and after > before + 0.1  # class 3 shifted down against the rest
+    rules, before, after = tune(probs, truths, [0, 1, 2, 3], metric, background=None, probs=True, prior=prior)
+    assert rules[3].bias < 0 < rules[0].bias and after > before + 0.1
+    assert rules[3].bias / prior[3] == pytest.approx(rules[0].bias / prior[0])  # one alpha for every class
     assert after == pytest.approx(evaluate(probs, truths, rules, metric, None, False, True))
     assert all(r.min_area == 0 and r.gate == 0 for r in rules.values())  # no background: no area rules
 
@@ -154,7 +167,7 @@ def test_a_bias_out_of_range_is_refused_naming_the_class_and_field():
 
 
 def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_the_cross_fitted_cv(make_cfg):
-    """Single-label, no background (CamVid's case): tune searches class biases on the OOF
+    """Single-label, no background (CamVid's case): tune searches the class biases' alpha on the OOF
     probabilities, scores the CV again with each fold's biases tuned on the other folds, and the
     submission is decided from the test probabilities with the biases and carries that CV."""
     import torch
@@ -165,6 +178,7 @@ def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_th
     from pipeline.data.sources import open_split
     from pipeline.errors import DataError
     from pipeline.inference.ensemble import save_prediction
+    from pipeline.competition.postprocess import log_prior
     from pipeline.inference.oof import OofScores
     from pipeline.io import write_json
 
@@ -174,17 +188,19 @@ def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_th
     rng = np.random.default_rng(2)
     C, preds = cfg.data.num_classes, Preds.of(cfg)
     raw = OofScores(cfg)
-    for _, row in table.iterrows():  # OOF: the truth, but class 3 wins narrowly on a share of other pixels
+    prior = log_prior([pool.mask(i) for i in range(len(pool))], C, cfg.data.ignore_index)
+    rare = int(np.argmin(prior))  # the rarest class of the labelled images
+    for _, row in table.iterrows():  # OOF: the truth, but the rarest class wins narrowly on a share of other pixels
         i = int(row["index"])
         truth = pool.mask(i)
-        p = _overpredicting([truth.clip(0, C - 1)], rng, over=3, classes=C)[0]
+        p = _overpredicting([truth.clip(0, C - 1)], rng, over=rare, classes=C)[0]
         label = save_prediction(preds.oof, row["image_id"], torch.from_numpy(p), True)
         raw.add(int(row["fold"]), row["image_id"], label, truth)
     test = open_split(cfg.data, "test", labelled=False)
     truth = open_split(cfg.data, "truth")
     masks = {r.stem: truth.mask(k) for k, r in enumerate(truth.records)}
     for rec in test.records:
-        p = _overpredicting([masks[rec.stem].clip(0, C - 1)], rng, over=3, classes=C)[0]
+        p = _overpredicting([masks[rec.stem].clip(0, C - 1)], rng, over=rare, classes=C)[0]
         save_prediction(preds, rec.stem, torch.from_numpy(p), True)
     stems = [r.stem for r in test.records]
     before = raw.result(table, stems)
@@ -192,7 +208,8 @@ def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_th
 
     result = tune_stage.run(cfg)
     bias = [result["rules"].get(name, {}).get("bias", 0.0) for name in cfg.data.classes]
-    assert bias[3] < min(b for c, b in enumerate(bias) if c != 3) and result["holdout_gain_mean"] > 0
+    assert bias[rare] == min(bias) < 0 and result["holdout_gain_mean"] > 0
+    assert result["bias_alpha"]["all"] > 0 and set(result["bias_alpha"]) == {"all", 0, 1, 2}
     assert result["cv"]["cv_score"] > before["cv_score"] + 0.02  # the cross-fitted CV, not the tuned-on-it one
     assert result["cv"]["oof_images"] == before["oof_images"]
 
