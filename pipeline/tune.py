@@ -67,7 +67,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     def prior(images):  # the class frequencies of the images the rules are tuned on, nothing else
         return log_prior(images, cfg.data.num_classes, cfg.data.ignore_index) if biased else None
 
-    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs, prior(truths))
+    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs, prior(truths), folds)
     holdout, fold_rules, alphas = {}, {}, {"all": _alpha(rules, prior(truths))}
     for k in sorted(set(folds.tolist())):
         inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
@@ -75,7 +75,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
             continue
         tuning = [truths[i] for i in inside]
         fold_rules[k], _, _ = tune([preds[i] for i in inside], tuning, classes, metric, bg, multilabel, from_probs,
-                                   prior(tuning))
+                                   prior(tuning), folds[inside])
         alphas[k] = _alpha(fold_rules[k], prior(tuning))
         held = ([preds[i] for i in outside], [truths[i] for i in outside])
         holdout[k] = {"before": evaluate(*held, {}, metric, bg, multilabel, from_probs),

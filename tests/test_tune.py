@@ -111,7 +111,7 @@ def test_rules_that_lose_on_held_out_folds_are_not_applied(make_cfg, monkeypatch
     assert json.loads((Preds.of(cfg).postprocess).read_text())["rules"] == {}
 
 
-def _overpredicting(truths, rng, over=3, classes=4):
+def _overpredicting(truths, rng, over=3, classes=4, share=0.15):
     """Softmax-like probabilities that are right except that class `over` wins, narrowly, on a
     random share of the other pixels (the habit of a model trained with a rare class weighted up)."""
     out = []
@@ -119,7 +119,7 @@ def _overpredicting(truths, rng, over=3, classes=4):
         p = np.full((classes, *t.shape), 0.05, np.float32)
         for c in range(classes):
             p[c][t == c] = 0.85
-        near = rng.random(t.shape) < 0.15
+        near = rng.random(t.shape) < share
         p[over][near] = p[t[near], near] + 0.05  # wins by a small margin where it is wrong
         out.append(p / p.sum(0, keepdims=True))
     return out
@@ -223,3 +223,36 @@ def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_th
     preds.probs(stems[0]).unlink()
     with pytest.raises(DataError, match="probs"):
         submit.run(cfg)
+
+
+def test_alpha_is_chosen_for_the_mean_of_the_folds_not_for_their_pooled_pixels():
+    """One large fold wants rare class 3 pushed down hard, a small one wants it kept: the pooled
+    score follows the large fold, the mean of the folds weighs both (a drive is a domain)."""
+    from pipeline.competition.postprocess import ALPHA_GRID, log_prior, prior_rules
+
+    rng = np.random.default_rng(5)
+    large, small = _with_a_rare_class(rng, n=12), _with_a_rare_class(rng, n=3)
+    probs = _overpredicting(large, rng, share=0.03)
+    for t in small:  # class 3 only narrowly wins on its own pixels: any push down loses them
+        p = np.full((4, *t.shape), 0.05, np.float32)
+        for c in range(4):
+            p[c][t == c] = 0.85
+        p[0][t == 3] = 0.84
+        probs.append(p / p.sum(0, keepdims=True))
+    truths, groups = large + small, [0] * 12 + [1] * 3
+    prior = log_prior(truths, 4, 255)
+
+    def metric():
+        return build_metric("miou", 4, 255)
+
+    def mean_of_groups(alpha):
+        rules = prior_rules(alpha, prior)
+        return np.mean([evaluate(probs[a:b], truths[a:b], rules, metric, None, False, True) for a, b in ((0, 12), (12, 15))])
+
+    def pooled(alpha):
+        return evaluate(probs, truths, prior_rules(alpha, prior), metric, None, False, True)
+
+    want = max(ALPHA_GRID, key=mean_of_groups)
+    assert want != max(ALPHA_GRID, key=pooled)  # the two objectives disagree on these folds
+    rules, _, _ = tune(probs, truths, [0, 1, 2, 3], metric, background=None, probs=True, prior=prior, groups=groups)
+    assert rules.get(3, ClassRule()).bias == pytest.approx(want * prior[3])

