@@ -2,8 +2,9 @@
 alpha * log(f_c / median f) with one alpha; a threshold for multilabel ones; minimum component
 area; empty-mask gate) searched on the out-of-fold predictions to maximise the competition metric;
 the gain is also measured on each fold with rules tuned on the other folds only, the honest
-estimate of what carries to the test set, and the CV is scored again that way (`cv`: the figure a post-processed submission carries).
-Writes preds/<exp>/postprocess.json, which `make submission` applies."""
+estimate of what carries to the test set, and the CV is scored again that way (`cv`: the figure
+a post-processed submission carries). Writes preds/<exp>/postprocess.json, which `make
+submission` applies."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,0 +1,60 @@
+"""The pseudo-test score of a CamVid simulation draw's submitted ensemble at several class-bias
+alphas (make tune's bias: alpha * log(f_c / median f), f_c counted on the draw's OOF images), from
+the test probabilities its last `--reuse` run kept. Which alpha the ensemble wants, against the
+one tune chose on the fold models' OOF maps.
+
+    python bench/camvid_alpha_curve.py --name camvid_simulation_0001TP_e5
+
+Results: bench/results/<name>_alpha_curve.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from common import REPO, machine
+
+ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--name", required=True, help="a draw run with camvid_simulation.py --reuse")
+    a = p.parse_args()
+    sys.path.insert(0, str(REPO))
+    from pipeline.competition.metrics import competition_metric
+    from pipeline.competition.postprocess import decide, log_prior, prior_rules
+    from pipeline.config import load_config
+    from pipeline.data.pool import labelled_pool
+    from pipeline.data.sources import open_split
+    from pipeline.inference.outdir import Preds
+
+    draw = json.loads((REPO / "bench" / "results" / f"{a.name}_reused.json").read_text())
+    overrides = [x for x in draw["args"] if not x.startswith("name=")]
+    run = next(x.split("=", 1)[1] for x in draw["args"] if x.startswith("name="))
+    # the draw's own folds (folds.csv is shared by the draws)
+    subprocess.run([sys.executable, "-m", "pipeline", "folds", "data=camvid_sim", f"exp={draw['exp']}", *draw["args"]],
+                   cwd=REPO, check=True, capture_output=True)
+    cfg = load_config("camvid_sim", "unet", draw["exp"], overrides, 0, REPO / "configs", run)
+    preds, (pool, table) = Preds.of(cfg), labelled_pool(cfg)
+    oof = [pool.mask(int(r["index"]))[::3, ::3] for _, r in table.iterrows() if preds.oof.label(r["image_id"]).exists()]
+    prior = log_prior(oof, cfg.data.num_classes, cfg.data.ignore_index)  # as make tune counts it
+    truth = open_split(cfg.data, "truth")
+    images = [(truth.mask(k), preds.read_probs(r.stem)) for k, r in enumerate(truth.records)]
+    scores = {}
+    for alpha in ALPHAS:
+        meter = competition_metric(cfg)
+        for mask, probs in images:
+            meter.update(decide(probs, prior_rules(alpha, prior), False), mask)
+        scores[str(alpha)] = round(meter.compute()["score"], 4)
+    tuned = json.loads(preds.postprocess.read_text())
+    result = {"draw": a.name, "pseudo_test_score_by_alpha": scores, "tune_alpha": tuned.get("bias_alpha"),
+              "tune_applied": bool(tuned["rules"]), "machine": machine()}
+    (REPO / "bench" / "results" / f"{a.name}_alpha_curve.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
