@@ -1,6 +1,6 @@
 """The pseudo-test score of a CamVid simulation draw's submitted ensemble at several class-bias
 alphas (make tune's bias: alpha * log(f_c / median f), f_c counted on the draw's OOF images), from
-the test probabilities its last `--reuse` run kept. Which alpha the ensemble wants, against the
+the test probabilities its last run kept (`--reuse` or a whole run with tune). Which alpha the ensemble wants, against the
 one tune chose on the fold models' OOF maps.
 
     python bench/camvid_alpha_curve.py --name camvid_simulation_0001TP_e5
@@ -21,7 +21,7 @@ ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--name", required=True, help="a draw run with camvid_simulation.py --reuse")
+    p.add_argument("--name", required=True, help="a draw run with camvid_simulation.py (since it tunes)")
     a = p.parse_args()
     sys.path.insert(0, str(REPO))
     from pipeline.competition.metrics import competition_metric
@@ -31,7 +31,9 @@ def main():
     from pipeline.data.sources import open_split
     from pipeline.inference.outdir import Preds
 
-    draw = json.loads((REPO / "bench" / "results" / f"{a.name}_reused.json").read_text())
+    results = REPO / "bench" / "results"
+    draw = json.loads((results / f"{a.name}_reused.json" if (results / f"{a.name}_reused.json").exists()
+                       else results / f"{a.name}.json").read_text())  # the draw's latest run
     overrides = [x for x in draw["args"] if not x.startswith("name=")]
     run = next(x.split("=", 1)[1] for x in draw["args"] if x.startswith("name="))
     # the draw's own folds (folds.csv is shared by the draws)
