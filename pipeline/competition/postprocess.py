@@ -19,7 +19,8 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.io import read_json
-from pipeline.pixels import threshold_bits
+from pipeline.data.stats import LabelStats, median_frequency_weights
+from pipeline.pixels import class_counts, threshold_bits
 
 AREA_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)  # shares of the image's pixels
 THRESHOLD_GRID = (0.5, 0.3, 0.4, 0.6, 0.7)  # multilabel: probability thresholds (0.5 = untuned)
@@ -138,18 +139,17 @@ def rules_problems(doc: dict, class_names, where: str) -> list[str]:
 
 
 def log_prior(truths, num_classes: int, ignore_index: int) -> np.ndarray:
-    """log(f_c / median f) per class, f_c = class c's pixels / the labelled pixels of the images
-    that contain it (median-frequency balancing's statistic); 0 for a class never seen."""
-    pixels, image_pixels = np.zeros(num_classes), np.zeros(num_classes)
+    """log(f_c / median f) per class: minus the log of median-frequency balancing's weight, f_c
+    counted on the labelled pixels of `truths` (label maps); 0 for a class never seen."""
+    pixels, labelled = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
     for t in truths:
-        counts = np.bincount(t[t != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+        counts = class_counts(t[t != ignore_index], num_classes)
         pixels += counts
-        image_pixels[counts > 0] += counts.sum()
-    seen = pixels > 0
-    if not seen.any():
+        labelled[counts > 0] += counts.sum()
+    if not pixels.any():
         return np.zeros(num_classes)
-    freq = np.where(seen, pixels / np.maximum(image_pixels, 1), np.nan)
-    return np.where(seen, np.log(freq / np.nanmedian(freq)), 0.0)
+    weights = np.asarray(median_frequency_weights(LabelStats(pixels, labelled, 0, 0)))
+    return np.where(pixels > 0, -np.log(weights), 0.0)
 
 
 def prior_rules(alpha: float, prior: np.ndarray, rules: dict[int, ClassRule] | None = None) -> dict[int, ClassRule]:
