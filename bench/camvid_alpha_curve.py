@@ -25,7 +25,8 @@ def main():
     a = p.parse_args()
     sys.path.insert(0, str(REPO))
     from pipeline.competition.metrics import competition_metric
-    from pipeline.competition.postprocess import decide, log_prior, prior_rules
+    from pipeline.competition.postprocess import decide, prior_rules
+    from pipeline.data.stats import log_prior
     from pipeline.config import load_config
     from pipeline.data.pool import labelled_pool
     from pipeline.data.sources import open_split

@@ -12,7 +12,8 @@ import dataclasses
 import numpy as np
 
 from pipeline.competition.metrics import competition_metric
-from pipeline.competition.postprocess import apply, decide, evaluate, log_prior, needs_probs, tune
+from pipeline.competition.postprocess import apply, decide, evaluate, needs_probs, tune
+from pipeline.data.stats import log_prior
 from pipeline.competition.submission import class_ids
 from pipeline.config import Config, StageArgs
 from pipeline.data.pool import labelled_pool

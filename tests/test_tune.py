@@ -138,7 +138,8 @@ def _with_a_rare_class(rng, n=12, shape=(40, 50)):
 
 
 def test_the_prior_bias_undoes_an_over_predicted_rare_class_and_zero_bias_is_the_argmax():
-    from pipeline.competition.postprocess import biased_argmax, decide, log_prior
+    from pipeline.competition.postprocess import biased_argmax, decide
+    from pipeline.data.stats import log_prior
 
     rng = np.random.default_rng(3)
     truths = _with_a_rare_class(rng)
@@ -178,7 +179,7 @@ def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_th
     from pipeline.data.sources import open_split
     from pipeline.errors import DataError
     from pipeline.inference.ensemble import save_prediction
-    from pipeline.competition.postprocess import log_prior
+    from pipeline.data.stats import log_prior
     from pipeline.inference.oof import OofScores
     from pipeline.io import write_json
 
@@ -228,7 +229,8 @@ def test_make_tune_biases_from_saved_probabilities_and_the_submission_carries_th
 def test_alpha_is_chosen_for_the_mean_of_the_folds_not_for_their_pooled_pixels():
     """One large fold wants rare class 3 pushed down hard, a small one wants it kept: the pooled
     score follows the large fold, the mean of the folds weighs both (a drive is a domain)."""
-    from pipeline.competition.postprocess import ALPHA_GRID, log_prior, prior_rules
+    from pipeline.competition.postprocess import ALPHA_GRID, prior_rules
+    from pipeline.data.stats import log_prior
 
     rng = np.random.default_rng(5)
     large, small = _with_a_rare_class(rng, n=12), _with_a_rare_class(rng, n=3)

@@ -19,8 +19,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.io import read_json
-from pipeline.data.stats import LabelStats, median_frequency_weights
-from pipeline.pixels import class_counts, threshold_bits
+from pipeline.pixels import threshold_bits
 
 AREA_GRID = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)  # shares of the image's pixels
 THRESHOLD_GRID = (0.5, 0.3, 0.4, 0.6, 0.7)  # multilabel: probability thresholds (0.5 = untuned)
@@ -138,20 +137,6 @@ def rules_problems(doc: dict, class_names, where: str) -> list[str]:
     return problems
 
 
-def log_prior(truths, num_classes: int, ignore_index: int) -> np.ndarray:
-    """log(f_c / median f) per class: minus the log of median-frequency balancing's weight, f_c
-    counted on the labelled pixels of `truths` (label maps); 0 for a class never seen."""
-    pixels, labelled = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
-    for t in truths:
-        counts = class_counts(t[t != ignore_index], num_classes)
-        pixels += counts
-        labelled[counts > 0] += counts.sum()
-    if not pixels.any():
-        return np.zeros(num_classes)
-    weights = np.asarray(median_frequency_weights(LabelStats(pixels, labelled, 0, 0)))
-    return np.where(pixels > 0, -np.log(weights), 0.0)
-
-
 def prior_rules(alpha: float, prior: np.ndarray, rules: dict[int, ClassRule] | None = None) -> dict[int, ClassRule]:
     """`rules` (or none) with each class's bias alpha * prior[c]."""
     rules = rules or {}
@@ -174,7 +159,7 @@ def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], 
          background: int | None = 0, multilabel: bool = False, probs: bool | None = None,
          prior: np.ndarray | None = None, groups=None) -> tuple[dict[int, ClassRule], float, float]:
     """Coordinate search over the grids, keeping a value only when the metric improves: with
-    single-label probabilities (`probs`) and a `prior` (log_prior) first the biases' alpha, for
+    single-label probabilities (`probs`) and a `prior` (data.stats.log_prior) first the biases' alpha, for
     the mean of the metric over `groups` (each image's fold; default one group); then class by
     class the threshold (multilabel), min area and gate (only with a `background` to give removed
     pixels to), for the metric of all images. Returns (rules, before, after), scored on all images.

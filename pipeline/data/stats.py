@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline.data.sources import Source
 from pipeline.errors import DataError
+from pipeline.pixels import class_counts
 
 IGNORE_SHARE_ALARM = 0.3  # above this share of ignored pixels, a class with no pixel is a red flag
 
@@ -59,3 +60,17 @@ def median_frequency_weights(stats: LabelStats, power: float = 1.0) -> list[floa
     freq = np.where(seen, stats.pixels / np.maximum(stats.image_pixels, 1), np.nan)
     w = (np.nanmedian(freq) / freq) ** power
     return [float(x) for x in np.where(seen, w, np.nanmax(w))]
+
+
+def log_prior(truths, num_classes: int, ignore_index: int) -> np.ndarray:
+    """log(f_c / median f) per class: minus the log of median-frequency balancing's weight, f_c
+    counted on the labelled pixels of `truths` (label maps); 0 for a class never seen."""
+    pixels, labelled = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
+    for t in truths:
+        counts = class_counts(t[t != ignore_index], num_classes)
+        pixels += counts
+        labelled[counts > 0] += counts.sum()
+    if not pixels.any():
+        return np.zeros(num_classes)
+    weights = np.asarray(median_frequency_weights(LabelStats(pixels, labelled, 0, 0)))
+    return np.where(pixels > 0, -np.log(weights), 0.0)
