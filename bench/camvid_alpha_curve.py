@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 
+from camvid_simulation import draw_config
 from common import REPO, machine
 
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)
@@ -26,24 +27,26 @@ def main():
     sys.path.insert(0, str(REPO))
     from pipeline.competition.metrics import competition_metric
     from pipeline.competition.postprocess import decide, prior_rules
-    from pipeline.data.stats import log_prior
-    from pipeline.config import load_config
     from pipeline.data.pool import labelled_pool
     from pipeline.data.sources import open_split
+    from pipeline.data.stats import log_prior
     from pipeline.inference.outdir import Preds
+    from pipeline.tune import PROB_PIXELS, lattice_step
 
     results = REPO / "bench" / "results"
     draw = json.loads((results / f"{a.name}_reused.json" if (results / f"{a.name}_reused.json").exists()
                        else results / f"{a.name}.json").read_text())  # the draw's latest run
-    overrides = [x for x in draw["args"] if not x.startswith("name=")]
-    run = next(x.split("=", 1)[1] for x in draw["args"] if x.startswith("name="))
     # the draw's own folds (folds.csv is shared by the draws)
     subprocess.run([sys.executable, "-m", "pipeline", "folds", "data=camvid_sim", f"exp={draw['exp']}", *draw["args"]],
                    cwd=REPO, check=True, capture_output=True)
-    cfg = load_config("camvid_sim", "unet", draw["exp"], overrides, 0, REPO / "configs", run)
+    cfg = draw_config(draw["exp"], draw["args"])
     preds, (pool, table) = Preds.of(cfg), labelled_pool(cfg)
-    oof = [pool.mask(int(r["index"]))[::3, ::3] for _, r in table.iterrows() if preds.oof.label(r["image_id"]).exists()]
-    prior = log_prior(oof, cfg.data.num_classes, cfg.data.ignore_index)  # as make tune counts it
+    oof = []
+    for _, r in table.iterrows():  # the OOF masks on make tune's lattice, as it counts the class frequencies
+        if preds.oof.label(r["image_id"]).exists():
+            step = lattice_step(pool.records[int(r["index"])], PROB_PIXELS)
+            oof.append(pool.mask(int(r["index"]))[::step, ::step])
+    prior = log_prior(oof, cfg.data.num_classes, cfg.data.ignore_index)
     truth = open_split(cfg.data, "truth")
     images = [(truth.mask(k), preds.read_probs(r.stem)) for k, r in enumerate(truth.records)]
     scores = {}

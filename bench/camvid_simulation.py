@@ -75,17 +75,23 @@ def stage(name: str, exp: str, extra: list[str], log_dir: Path) -> float:
     return round(time.time() - t, 1)
 
 
+def draw_config(exp: str, extra: list[str]):
+    """The resolved config of a draw's runs, from the overrides its stages ran with."""
+    from pipeline.config import load_config
+
+    overrides = [e for e in extra if "=" in e and not e.startswith("name=")]
+    name = next((e.split("=", 1)[1] for e in extra if e.startswith("name=")), None)
+    return load_config("camvid_sim", "unet", exp, overrides, 0, REPO / "configs", name)
+
+
 def score_by_kind(exp: str, extra: list[str], new_drive: str) -> dict:
     """The pseudo-test score of each kind of frame, from the predicted label maps."""
     sys.path.insert(0, str(REPO))
     from pipeline.competition.metrics import competition_metric
-    from pipeline.config import load_config
     from pipeline.data.sources import open_split
     from pipeline.inference.outdir import Preds
 
-    overrides = [e for e in extra if "=" in e and e.split("=")[0] not in ("name",)]
-    name = next((e.split("=", 1)[1] for e in extra if e.startswith("name=")), None)
-    cfg = load_config("camvid_sim", "unet", exp, overrides, 0, REPO / "configs", name)
+    cfg = draw_config(exp, extra)
     truth = open_split(cfg.data, "truth")
     meters = {"new_drive": competition_metric(cfg), "later_frames": competition_metric(cfg)}
     for k, r in enumerate(truth.records):

@@ -30,7 +30,7 @@ TUNE_PIXELS = 1 << 20  # larger label maps are searched on every k-th row and co
 PROB_PIXELS = 1 << 14  # single-label probabilities (C floats a pixel): the bias search's lattice
 
 
-def _step(rec, pixels: int = TUNE_PIXELS) -> int:
+def lattice_step(rec, pixels: int = TUNE_PIXELS) -> int:
     """The rules are shares of the image's area, which subsampling keeps, so a 48-megapixel slide
     is tuned on a 1-megapixel lattice of its pixels (the grid search re-scores every image per trial)."""
     return max(1, int((rec.height * rec.width / pixels) ** 0.5))
@@ -54,8 +54,9 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     preds, truths, folds = [], [], []
     for row in rows:
         rec = pool.records[int(row["index"])]
-        step = _step(rec, PROB_PIXELS if from_probs and not multilabel else TUNE_PIXELS)
-        pred = oof.read_probs(row["image_id"])[:, ::step, ::step] if from_probs else oof.read_label(row["image_id"])[::step, ::step]
+        step = lattice_step(rec, PROB_PIXELS if from_probs and not multilabel else TUNE_PIXELS)
+        stem = row["image_id"]
+        pred = oof.read_probs(stem)[:, ::step, ::step] if from_probs else oof.read_label(stem)[::step, ::step]
         preds.append(np.ascontiguousarray(pred))  # a strided view would keep the whole array alive
         truths.append(pool.mask(int(row["index"]))[::step, ::step])
         folds.append(int(row["fold"]))
@@ -69,16 +70,17 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     def prior(images):  # the class frequencies of the images the rules are tuned on, nothing else
         return log_prior(images, cfg.data.num_classes, cfg.data.ignore_index) if biased else None
 
-    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs, prior(truths), folds)
-    holdout, fold_rules, alphas = {}, {}, {"all": _alpha(rules, prior(truths))}
+    every = prior(truths)
+    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs, every, folds)
+    holdout, fold_rules, alphas = {}, {}, {"all": _alpha(rules, every)}
     for k in sorted(set(folds.tolist())):
         inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         if not inside.size:
             continue
-        tuning = [truths[i] for i in inside]
-        fold_rules[k], _, _ = tune([preds[i] for i in inside], tuning, classes, metric, bg, multilabel, from_probs,
-                                   prior(tuning), folds[inside])
-        alphas[k] = _alpha(fold_rules[k], prior(tuning))
+        without = prior([truths[i] for i in inside])
+        fold_rules[k], _, _ = tune([preds[i] for i in inside], [truths[i] for i in inside], classes, metric, bg,
+                                   multilabel, from_probs, without, folds[inside])
+        alphas[k] = _alpha(fold_rules[k], without)
         held = ([preds[i] for i in outside], [truths[i] for i in outside])
         holdout[k] = {"before": evaluate(*held, {}, metric, bg, multilabel, from_probs),
                       "after": evaluate(*held, fold_rules[k], metric, bg, multilabel, from_probs)}
@@ -112,7 +114,7 @@ def _alpha(rules: dict, prior) -> float | None:
     """The alpha of the biases tune chose (bias = alpha * prior), read back from the rules."""
     if prior is None:
         return None
-    return next((float(r.bias / prior[c]) for c, r in rules.items() if r.bias and prior[c]), 0.0)
+    return next((round(float(r.bias / prior[c]), 6) for c, r in rules.items() if r.bias and prior[c]), 0.0)
 
 
 def cross_fitted_cv(cfg: Config, folder: Preds, pool, table, rows, fold_rules: dict, from_probs: bool) -> dict:
