@@ -16,7 +16,9 @@ and the last 23 frames of 0006R0 (73% / 27%), and folds what is left as the rest
 against the later half of 0016E5, as configs/data/camvid.yaml does.
 
 `--reuse` keeps a draw's trained models and runs its folds, inference, tuning, submission and
-scoring again (results under <name>_reused).
+scoring again (results under <name>_reused). `--reuse --refit with` (or `only`) adds the draw's
+full-data refit to the submitted ensemble (or submits it alone), training it first if the draw has
+none (results under <name>_refit_<mode>): the CV cannot score a refit, the pseudo-test can.
 
 The layout is built under data/<name>/ as symbolic links to ../shared/datasets/camvid (nothing
 copied). Results: bench/results/<name>.json and the stage logs in bench/results/<name>/.
@@ -32,6 +34,8 @@ import time
 from pathlib import Path
 
 from common import REPO, SHARED, machine
+
+from pipeline.config.schema import REFIT
 
 CAMVID = SHARED / "camvid"
 DRIVES = ("0001TP", "0006R0", "0016E5")  # the labelled drives (train and val splits together)
@@ -111,20 +115,30 @@ def main():
     p.add_argument("--hold-whole", default=None, help="folds: the drive held out whole (default: the drive left)")
     p.add_argument("--tail-of", default=None, help="folds: the drive whose later half is held out (default: --continued)")
     p.add_argument("--reuse", action="store_true", help="keep the draw's trained models: folds (its own), infer, tune, submit, score again")
+    p.add_argument("--refit", choices=("with", "only"), default=None,
+                   help="with --reuse: the full-data refit joins (with) or replaces (only) the fold models on the pseudo-test")
     a = p.parse_args()
+    if a.refit and not a.reuse:
+        p.error("--refit needs --reuse (the draw's fold models)")
     extra = ["infer.cv_offset=0.0", *shlex.split(a.args)]  # the raw CV: the offset is what this measures
     if a.name != "camvid_simulation":  # another draw: its own layout, runs and folds
         whole = a.hold_whole or next(d for d in DRIVES if d not in (a.new_drive, a.continued))
         tail = a.tail_of or a.continued
         extra = [f"data.root=data/{a.name}", f"name={a.exp}_{a.name}", "folds.tail=null", "folds.assign=null",
                  f"folds.tail={{'{tail}': 0.5}}", f"folds.assign={{'{whole}': 0, '{tail}@tail': 1}}", *extra]
-    tag = a.name + ("_reused" if a.reuse else "")  # a re-run keeps the draw's first results beside it
+    if a.refit:
+        extra.append(f"infer.refit={a.refit}")
+    tag = a.name + (f"_refit_{a.refit}" if a.refit else "_reused" if a.reuse else "")  # beside the draw's first results
     out = REPO / "bench" / "results" / tag
     out.mkdir(parents=True, exist_ok=True)
     layout = build_layout(REPO / "data" / (a.name if a.name != "camvid_simulation" else "camvid_sim"),
                           a.new_drive, a.continued, a.later)
     stages = ("folds", "infer", "tune", "submit", "score") if a.reuse else ("folds", "train-all", "infer", "tune", "submit", "score")
-    seconds = {s: stage(s, a.exp, extra, out) for s in stages}
+    seconds = {}
+    for s in stages:
+        if s == "infer" and a.refit and not (REPO / draw_config(a.exp, extra).run_dir(fold=REFIT) / "best.pt").exists():
+            seconds["train_refit"] = stage("train", a.exp, ["fold=all", *extra], out)
+        seconds[s] = stage(s, a.exp, extra, out)
     run_name = next((e.split("=", 1)[1] for e in extra if e.startswith("name=")), a.exp)
     preds = REPO / "outputs" / "camvid_sim" / "preds" / run_name
     manifest = json.loads((preds / "manifest.json").read_text())
