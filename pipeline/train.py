@@ -83,8 +83,11 @@ def _init_from(model, cfg: Config) -> None:
 
 
 def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
-    """Every fold of folds.csv in turn (fold -1 holds the images that train in every fold)."""
+    """Every fold of folds.csv in turn (fold -1 holds the images that train in every fold), then the
+    full-data refit (key REFIT) when the recipe's inference uses one (`infer.refit: with | only`)."""
     folds = sorted(int(k) for k in read_folds(cfg)["fold"].unique() if k >= 0)
+    if cfg.infer.refit != "off":
+        folds.append(REFIT)
     return {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
 
 

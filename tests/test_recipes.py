@@ -43,6 +43,15 @@ def test_full_data_refit_trains_on_everything_and_joins_the_ensemble(cfg_of):
     assert only["models"] == ["r/all"] and only["cv_miou"] == pytest.approx(with_refit["cv_miou"])
 
 
+def test_train_all_trains_the_refit_the_recipe_infers_with(cfg_of):
+    """A recipe with `infer.refit: with` runs `train-all` then `infer`: the refit must not be forgotten."""
+    out = train.run_all(cfg_of("folds.k=2", "infer.refit=with", name="ra"))
+    assert sorted(out) == [REFIT, 0, 1]
+    assert out[REFIT]["run_dir"].endswith("/all") and out[REFIT]["epochs"] == 2
+    assert infer.run(cfg_of("folds.k=2", "infer.refit=with", name="ra"))["models"] == ["ra/fold0", "ra/fold1", "ra/all"]
+    assert sorted(train.run_all(cfg_of("folds.k=2", name="plain"))) == [0, 1]  # no refit unless inference uses it
+
+
 def test_refit_from_the_command_line(cfg_of, capsys):
     from pipeline.cli import parse
 
