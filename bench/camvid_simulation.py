@@ -19,6 +19,9 @@ against the later half of 0016E5, as configs/data/camvid.yaml does.
 scoring again (results under <name>_reused). `--reuse --refit with` (or `only`) adds the draw's
 full-data refit to the submitted ensemble (or submits it alone), training it first if the draw has
 none (results under <name>_refit_<mode>): the CV cannot score a refit, the pseudo-test can.
+`--pseudo` trains that refit on the pseudo-test images too, labelled by the fold ensemble where it is
+confident (`make pseudo`; the fold models and the CV are untouched; results under
+<name>_refit_<mode>_pseudo).
 
 The layout is built under data/<name>/ as symbolic links to ../shared/datasets/camvid (nothing
 copied). Results: bench/results/<name>.json and the stage logs in bench/results/<name>/.
@@ -104,6 +107,24 @@ def score_by_kind(exp: str, extra: list[str], new_drive: str) -> dict:
     return {k: m.compute()["score"] for k, m in meters.items()}
 
 
+def pseudo_labelled_refit(exp: str, extra: list[str], out: Path) -> tuple[list[str], dict]:
+    """Pseudo-labels of the pseudo-test images by the draw's fold ensemble, and a full-data refit
+    trained on them besides the labelled frames, in a run <run>_pl whose folds are the draw's
+    (linked, not copied). Returns the overrides that name that run, and the stages' seconds."""
+    cfg = draw_config(exp, extra)
+    run = REPO / cfg.out_dir / "runs" / cfg.exp
+    pl = run.parent / f"{cfg.exp}_pl"
+    for fold in sorted(run.glob("fold*")):
+        (pl / fold.name).parent.mkdir(parents=True, exist_ok=True)
+        if not (pl / fold.name).exists():
+            (pl / fold.name).symlink_to(fold.resolve(), target_is_directory=True)
+    seconds = {"pseudo": stage("pseudo", exp, [*extra, "infer.refit=off"], out)}
+    named = [e for e in extra if not e.startswith("name=")] + [f"name={cfg.exp}_pl"]
+    if not (pl / "all" / "best.pt").exists():
+        seconds["train_refit"] = stage("train", exp, ["fold=all", f"train.pseudo={cfg.exp}", *named], out)
+    return named, seconds
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--exp", default="camvid_lite0")
@@ -117,24 +138,31 @@ def main():
     p.add_argument("--reuse", action="store_true", help="keep the draw's trained models: folds (its own), infer, tune, submit, score again")
     p.add_argument("--refit", choices=("with", "only"), default=None,
                    help="with --reuse: the full-data refit joins (with) or replaces (only) the fold models on the pseudo-test")
+    p.add_argument("--pseudo", action="store_true", help="with --refit: the refit also trains on the fold ensemble's "
+                                                          "confident labels of the pseudo-test images")
     a = p.parse_args()
     if a.refit and not a.reuse:
         p.error("--refit needs --reuse (the draw's fold models)")
+    if a.pseudo and not a.refit:
+        p.error("--pseudo needs --refit (the model that trains on the pseudo-labels)")
     extra = ["infer.cv_offset=0.0", *shlex.split(a.args)]  # the raw CV: the offset is what this measures
     if a.name != "camvid_simulation":  # another draw: its own layout, runs and folds
         whole = a.hold_whole or next(d for d in DRIVES if d not in (a.new_drive, a.continued))
         tail = a.tail_of or a.continued
         extra = [f"data.root=data/{a.name}", f"name={a.exp}_{a.name}", "folds.tail=null", "folds.assign=null",
                  f"folds.tail={{'{tail}': 0.5}}", f"folds.assign={{'{whole}': 0, '{tail}@tail': 1}}", *extra]
-    if a.refit:
-        extra.append(f"infer.refit={a.refit}")
     tag = a.name + (f"_refit_{a.refit}" if a.refit else "_reused" if a.reuse else "")  # beside the draw's first results
+    tag += "_pseudo" if a.pseudo else ""
     out = REPO / "bench" / "results" / tag
     out.mkdir(parents=True, exist_ok=True)
     layout = build_layout(REPO / "data" / (a.name if a.name != "camvid_simulation" else "camvid_sim"),
                           a.new_drive, a.continued, a.later)
-    stages = ("folds", "infer", "tune", "submit", "score") if a.reuse else ("folds", "train-all", "infer", "tune", "submit", "score")
     seconds = {}
+    if a.pseudo:
+        extra, seconds = pseudo_labelled_refit(a.exp, extra, out)
+    if a.refit:
+        extra.append(f"infer.refit={a.refit}")
+    stages = ("folds", "infer", "tune", "submit", "score") if a.reuse else ("folds", "train-all", "infer", "tune", "submit", "score")
     for s in stages:
         if s == "infer" and a.refit and not (REPO / draw_config(a.exp, extra).run_dir(fold=REFIT) / "best.pt").exists():
             seconds["train_refit"] = stage("train", a.exp, ["fold=all", *extra], out)
