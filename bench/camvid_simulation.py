@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def main():
     p.add_argument("--pseudo", action="store_true", help="with --refit: the refit also trains on the fold ensemble's "
                                                           "confident labels of the pseudo-test images")
     a = p.parse_args()
+    os.chdir(REPO)  # the configs' relative paths (data/<name>, outputs/) are the stages' (cwd=REPO), wherever this runs from
     if a.refit and not a.reuse:
         p.error("--refit needs --reuse (the draw's fold models)")
     if a.pseudo and not a.refit:
