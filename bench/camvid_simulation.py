@@ -119,7 +119,7 @@ def pseudo_labelled_refit(exp: str, extra: list[str], out: Path) -> tuple[list[s
         (pl / fold.name).parent.mkdir(parents=True, exist_ok=True)
         if not (pl / fold.name).exists():
             (pl / fold.name).symlink_to(fold.resolve(), target_is_directory=True)
-    seconds = {"pseudo": stage("pseudo", exp, [*extra, "infer.refit=off"], out)}
+    seconds = {"pseudo": stage("pseudo", exp, [*extra, "infer.refit=off", "train.refit_pseudo=false"], out)}
     named = [e for e in extra if not e.startswith("name=")] + [f"name={cfg.exp}_pl"]
     if not (pl / "all" / "best.pt").exists():
         seconds["train_refit"] = stage("train", exp, ["fold=all", f"train.pseudo={cfg.exp}", *named], out)

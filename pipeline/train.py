@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, DistributedSampler
 
+from pipeline import pseudo
 from pipeline.competition.metrics import competition_metric
 from pipeline.config import Config, StageArgs
 from pipeline.config.choices import CLASS_WEIGHTS
@@ -32,6 +33,8 @@ log = get_logger(__name__)
 
 def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> dict:
     """Train cfg.fold; `hooks` are added after the built-in ones (tests inject faults this way)."""
+    if cfg.fold == REFIT and cfg.train.refit_pseudo and not cfg.train.pseudo:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, pseudo=cfg.exp))
     dist = args.dist
     tc, rt = cfg.train, Runtime.create(cfg.runtime, dist)
     pool, table = labelled_pool(cfg)
@@ -84,11 +87,15 @@ def _init_from(model, cfg: Config) -> None:
 
 def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
     """Every fold of folds.csv in turn (fold -1 holds the images that train in every fold), then the
-    full-data refit (key REFIT) when the recipe's inference uses one (`infer.refit: with | only`)."""
+    full-data refit (key REFIT) when the recipe's inference uses one (`infer.refit: with | only`),
+    after the fold ensemble has pseudo-labelled the test images if `train.refit_pseudo`."""
     folds = sorted(int(k) for k in read_folds(cfg)["fold"].unique() if k >= 0)
+    out = {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
     if cfg.infer.refit != "off":
-        folds.append(REFIT)
-    return {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
+        if cfg.train.refit_pseudo:
+            pseudo.run(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, refit="off")), args)
+        out[REFIT] = run(dataclasses.replace(cfg, fold=REFIT), args)
+    return out
 
 
 def _hooks(cfg: Config, run_dir, dist: DistInfo) -> list[Hook]:

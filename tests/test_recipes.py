@@ -147,3 +147,23 @@ def test_pseudo_labels_train_the_next_round_and_never_validate(cfg_of, caplog):
     for k in (1, 2):
         train.run(cfg_of("train.pseudo=p0", fold=k, name="p1"))
     assert pseudo.run(cfg_of(f"pseudo.threshold={threshold}", name="p1"))["round"] == 2
+
+
+def test_train_all_pseudo_labels_the_test_for_the_refit_only(cfg_of, caplog):
+    """`train.refit_pseudo`: the fold models train on labelled images only (the CV stays theirs);
+    the fold ensemble then labels the test images, and the refit trains on both."""
+    from pipeline.errors import ConfigError
+
+    caplog.set_level("INFO")
+    cfg = cfg_of("folds.k=2", "infer.refit=with", "train.refit_pseudo=true", "pseudo.threshold=0.01", name="rp")
+    out = train.run_all(cfg)
+    assert sorted(out) == [REFIT, 0, 1]
+    manifest = json.loads((cfg.pseudo_dir() / "manifest.json").read_text())
+    assert manifest["round"] == 1 and manifest["models"] == [str(cfg.run_dir(fold=k) / "best.pt") for k in (0, 1)]
+    used = json.loads((cfg.run_dir(fold=REFIT) / "pseudo.json").read_text())
+    assert used["images"] == manifest["images"] == 6
+    for k in (0, 1):
+        assert not (cfg.run_dir(fold=k) / "pseudo.json").exists()
+    assert "fold all (full-data refit): 30 train / 0 val images" in caplog.text  # 24 labelled + 6 test
+    with pytest.raises(ConfigError, match="train.refit_pseudo"):
+        cfg_of("train.refit_pseudo=true", name="rp2")
