@@ -50,6 +50,24 @@ def test_settings_that_change_nothing_may_differ(tiny, caplog):
     assert "complete: nothing to train" in caplog.text
 
 
+def test_a_run_from_before_a_setting_existed_resumes_at_its_default(tiny, caplog):
+    """A config.yaml written before a setting was added lacks it: at its default the run resumes,
+    set to anything else it is a change."""
+    import yaml
+
+    cfg = tiny()
+    train.run(cfg)
+    saved = cfg.run_dir() / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["train"]["swa_epochs"], old["train"]["refit_pseudo"]
+    saved.write_text(yaml.safe_dump(old))
+    caplog.set_level("INFO")
+    train.run(tiny())
+    assert "complete: nothing to train" in caplog.text
+    with pytest.raises(RunFolderError, match=r"train.swa_epochs: 0 -> 1"):
+        train.run(tiny("train.swa_epochs=1"))
+
+
 def test_config_changes_ignores_free_settings():
     old = {"train": {"epochs": 1, "num_workers": 0, "losses": [{"name": "ce"}]}, "infer": {"tta": ["hflip"]}}
     new = {"train": {"epochs": 1, "num_workers": 4, "losses": [{"name": "dice"}]}, "infer": {"tta": []}}

@@ -9,9 +9,9 @@ from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from pipeline.config import Config, config_to_dict, config_to_yaml, flatten
-from pipeline.config.load import migrate_saved
+from pipeline.config.load import build_config, migrate_saved
 from pipeline.engine.runtime import get_logger
-from pipeline.errors import RunFolderError
+from pipeline.errors import ConfigError, RunFolderError
 from pipeline.io import write_text
 
 log = get_logger("pipeline.train")
@@ -19,7 +19,8 @@ log = get_logger("pipeline.train")
 # Settings that do not change what a run computes: they may differ when a run is resumed.
 FREE_TO_CHANGE = ("runtime.progress", "train.num_workers", "train.trackers", "train.mlflow_uri", "train.on_change",
                   "runtime.device", "runtime.compile", "data.root", "data.strict", "outputs", "submissions",
-                  "infer.", "submission.", "pseudo.")
+                  "infer.", "submission.", "pseudo.",
+                  "train.refit_pseudo")  # the refit it changes records it as train.pseudo, which is compared
 
 
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
@@ -28,6 +29,16 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
     keys = sorted(set(a) | set(b))
     return [(k, a.get(k), b.get(k)) for k in keys
             if a.get(k) != b.get(k) and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in FREE_TO_CHANGE)]
+
+
+def _as_today(saved: Path) -> dict:
+    """A run's config.yaml read by today's schema: a setting added since the run started takes its
+    default (what the run computed with), so a new feature that is off does not block a resume."""
+    old = migrate_saved(OmegaConf.to_container(OmegaConf.load(saved)))
+    try:
+        return config_to_dict(build_config(old, str(saved)))
+    except ConfigError:  # a setting since removed: compared as written, so the change is named
+        return old
 
 
 class RunFolder:
@@ -62,7 +73,7 @@ class RunFolder:
         saved = self.path / "config.yaml"
         has_run = (self.path / "last.pt").exists() or (self.path / "last.prev.pt").exists()
         if has_run and saved.exists():
-            changes = config_changes(migrate_saved(OmegaConf.to_container(OmegaConf.load(saved))), config_to_dict(self.cfg))
+            changes = config_changes(_as_today(saved), config_to_dict(self.cfg))
             if changes and self.cfg.train.on_change == "restart":
                 if self.main:
                     aside = self.path.with_name(f"{self.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
