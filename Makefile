@@ -96,7 +96,9 @@ demo: install demo-data
 
 # The CamVid recipe: folds that mirror the test set over train+val (two drives held out whole, the
 # later half of the third), one model per fold (UNet, ImageNet EfficientNet-Lite0, bf16 on CPUs that
-# have it); the fold ensemble with hflip TTA predicts the test set and keeps its probabilities;
+# have it); train-all then has the fold ensemble pseudo-label the test images and trains a
+# full-data refit on them besides every labelled frame (train.refit_pseudo, infer.refit: with);
+# the fold models and the refit with hflip TTA predict the test set and keep its probabilities;
 # tune shifts each class's log-probability (the class-weighted loss over-predicts thin classes),
 # scored with each fold's biases tuned on the other folds; the submission carries that
 # test-matched CV and is written in the competition's format.

@@ -162,6 +162,8 @@ def main():
     seconds = {}
     if a.pseudo:
         extra, seconds = pseudo_labelled_refit(a.exp, extra, out)
+    elif a.refit:  # the plain refit, whatever the recipe says
+        extra.append("train.refit_pseudo=false")
     if a.refit:
         extra.append(f"infer.refit={a.refit}")
     stages = ("folds", "infer", "tune", "submit", "score") if a.reuse else ("folds", "train-all", "infer", "tune", "submit", "score")
