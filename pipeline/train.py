@@ -6,7 +6,6 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pipeline import pseudo
 from pipeline.competition.metrics import competition_metric
 from pipeline.config import Config, StageArgs
 from pipeline.config.choices import CLASS_WEIGHTS
@@ -25,6 +24,7 @@ from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.engine.trackers import TRACKERS
 from pipeline.engine.trainer import Trainer, steps_per_epoch
 from pipeline.errors import ConfigError, TrainingError
+from pipeline.inference.pseudo_labels import pseudo_label
 from pipeline.io import write_json
 from pipeline.models import build_model, input_norm
 
@@ -93,7 +93,7 @@ def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
     out = {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
     if cfg.infer.refit != "off":
         if cfg.train.refit_pseudo:
-            pseudo.run(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, refit="off")), args)
+            pseudo_label(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, refit="off")))
         out[REFIT] = run(dataclasses.replace(cfg, fold=REFIT), args)
     return out
 
