@@ -15,8 +15,9 @@ Another draw of the same make-up: `--new-drive 0001TP --continued 0006R0 --later
 and the last 23 frames of 0006R0 (73% / 27%), and folds what is left as the rest of 0006R0 whole
 against the later half of 0016E5, as configs/data/camvid.yaml does.
 
-`--reuse` keeps a draw's trained models and runs its folds, inference, tuning, submission and
-scoring again (results under <name>_reused). `--reuse --refit with` (or `only`) adds the draw's
+`--reuse` keeps a draw's trained models (train-all resumes them, training only what the recipe
+still lacks) and runs its folds, inference, tuning, submission and scoring again (results under
+<name>_reused). `--reuse --refit with` (or `only`) adds the draw's
 full-data refit to the submitted ensemble (or submits it alone), training it first if the draw has
 none (results under <name>_refit_<mode>): the CV cannot score a refit, the pseudo-test can.
 `--pseudo` trains that refit on the pseudo-test images too, labelled by the fold ensemble where it is
@@ -38,8 +39,6 @@ import time
 from pathlib import Path
 
 from common import REPO, SHARED, machine
-
-from pipeline.config.schema import REFIT
 
 CAMVID = SHARED / "camvid"
 DRIVES = ("0001TP", "0006R0", "0016E5")  # the labelled drives (train and val splits together)
@@ -166,10 +165,10 @@ def main():
         extra.append("train.refit_pseudo=false")
     if a.refit:
         extra.append(f"infer.refit={a.refit}")
-    stages = ("folds", "infer", "tune", "submit", "score") if a.reuse else ("folds", "train-all", "infer", "tune", "submit", "score")
+    # train-all resumes the draw's finished fold runs in seconds and trains what the recipe still
+    # lacks (a refit, its pseudo-labels); --pseudo trained its own refit above
+    stages = ("folds", "infer", "tune", "submit", "score") if a.pseudo else ("folds", "train-all", "infer", "tune", "submit", "score")
     for s in stages:
-        if s == "infer" and a.refit and not (REPO / draw_config(a.exp, extra).run_dir(fold=REFIT) / "best.pt").exists():
-            seconds["train_refit"] = stage("train", a.exp, ["fold=all", *extra], out)
         seconds[s] = stage(s, a.exp, extra, out)
     run_name = next((e.split("=", 1)[1] for e in extra if e.startswith("name=")), a.exp)
     preds = REPO / "outputs" / "camvid_sim" / "preds" / run_name

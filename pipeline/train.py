@@ -92,8 +92,10 @@ def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
     folds = sorted(int(k) for k in read_folds(cfg)["fold"].unique() if k >= 0)
     out = {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
     if cfg.infer.refit != "off":
-        if cfg.train.refit_pseudo:
-            pseudo_label(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, refit="off")))
+        if cfg.train.refit_pseudo:  # one writer under torchrun; the other ranks wait for its labels
+            if args.dist.main:
+                pseudo_label(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, refit="off")))
+            Runtime.create(cfg.runtime, args.dist).barrier()
         out[REFIT] = run(dataclasses.replace(cfg, fold=REFIT), args)
     return out
 

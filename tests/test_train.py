@@ -153,6 +153,26 @@ def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
     assert len(m) == 2 and m["val_miou"].between(0, 1).all()
 
 
+def test_ddp_train_all_with_a_pseudo_labelled_refit(fold_cfg, demo_root, tmp_path):
+    """train-all under torchrun with a pseudo-labelled refit: the folds, the test's pseudo-labels (written by
+    rank zero while the others wait), then the refit trained on them by both ranks."""
+    import json
+
+    fold_cfg()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    common = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "runtime.progress=false", *TINY,
+              "folds.k=2", "train.epochs=1", "train.max_steps_per_epoch=1", "infer.tta=[]", "infer.num_workers=0",
+              "infer.refit=with", "train.refit_pseudo=true", "pseudo.threshold=0.01", "name=ddp_rp"]
+    subprocess.run([sys.executable, "-m", "pipeline", "folds", *common], cwd=REPO, env=env, check=True, capture_output=True)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "pipeline", "train-all", *common], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = tmp_path / "outputs" / "demo"
+    manifest = json.loads((out / "pseudo" / "ddp_rp" / "manifest.json").read_text())
+    assert manifest["images"] == 6 and len(manifest["models"]) == 2
+    assert json.loads((out / "runs" / "ddp_rp" / "all" / "pseudo.json").read_text())["images"] == 6
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
