@@ -19,15 +19,32 @@ def machine() -> dict:
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    info.update(_cpuinfo())
+    info["cpu_isa"] = torch.backends.cpu.get_cpu_capability()  # the kernels torch dispatches to: AVX2, AVX512, ...
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpuinfo() -> dict:
+    """The first core's model name, family/model (one "AMD EPYC" name covers Zen 3 and Zen 5) and
+    the native bf16 flags: the figures of one CPU do not carry to another."""
+    fields, flags = {}, set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+            elif key == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        return {}
+    info = {"cpu": fields["model name"]} if "model name" in fields else {}
+    if "cpu family" in fields:
+        info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
+    info["cpu_bf16_flags"] = sorted(flags & {"amx_bf16", "avx512_bf16"})
     return info
 
 

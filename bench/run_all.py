@@ -32,6 +32,9 @@ def report() -> str:
         name = r.get("bench", path.stem)
         m = r.get("machine", {})
         where = m.get("gpu") or r.get("device") or m.get("cpu", "?")
+        if not m.get("gpu") and m.get("cpu_family_model"):  # one model name covers several CPU generations
+            flags = ", ".join(m.get("cpu_bf16_flags") or []) or "no native bf16"
+            where += f" (family/model {m['cpu_family_model']}, {m.get('cpu_isa', '?')}, {flags})"
         lines += [f"## {name} ({path.stem.rsplit('_', 1)[-1]})", "",
                   f"- command: `{r['command']}`" if r.get("command") else
                   f"- command: `python bench/{name}.py`" + (" (see script for arguments)" if name == "train_throughput" else ""),

@@ -52,6 +52,28 @@ def test_train_all_trains_the_refit_the_recipe_infers_with(cfg_of):
     assert sorted(train.run_all(cfg_of("folds.k=2", name="plain"))) == [0, 1]  # no refit unless inference uses it
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_train_all_under_torchrun_one_rank_writes_the_pseudo_labels(cfg_of, monkeypatch, rank):
+    """Rank zero labels the test images, every rank waits at the barrier, and only then does any rank
+    train the refit on those labels (two writers would race on one folder; an early reader would
+    train on half-written labels)."""
+    from pipeline.config import DistInfo, StageArgs
+
+    events = []
+
+    class FakeRuntime:
+        def barrier(self):
+            events.append("barrier")
+
+    monkeypatch.setattr(train, "run", lambda cfg, args: events.append(f"train {cfg.fold}") or {})
+    monkeypatch.setattr(train, "pseudo_label", lambda cfg: events.append(f"pseudo refit={cfg.infer.refit}"))
+    monkeypatch.setattr(train.Runtime, "create", staticmethod(lambda rc, dist: FakeRuntime()))
+    cfg = cfg_of("folds.k=2", "infer.refit=with", "train.refit_pseudo=true", name="rk")
+    train.run_all(cfg, StageArgs(dist=DistInfo(rank=rank, world=2)))
+    labels = ["pseudo refit=off"] if rank == 0 else []  # the fold ensemble labels: never a refit not yet trained
+    assert events == ["train 0", "train 1", *labels, "barrier", f"train {REFIT}"]
+
+
 def test_refit_from_the_command_line(cfg_of, capsys):
     from pipeline.cli import parse
 
