@@ -20,7 +20,7 @@ from pipeline.engine.hooks import (Checkpoint, ConsoleLog, EarlyStopping, Hook, 
 from pipeline.engine.losses import build_loss
 from pipeline.engine.optim import build_optimizer, build_scheduler
 from pipeline.engine.rundir import RunFolder
-from pipeline.engine.runtime import DistInfo, Runtime, get_logger
+from pipeline.engine.runtime import DistInfo, Runtime, describe_precision, get_logger
 from pipeline.engine.trackers import TRACKERS
 from pipeline.engine.trainer import Trainer, steps_per_epoch
 from pipeline.errors import ConfigError, TrainingError
@@ -183,6 +183,6 @@ def _class_weights(cfg: Config, stats):
 def _describe(cfg: Config, rt: Runtime, n_train: int, n_val: int) -> None:
     world = f" x{rt.dist.world}" if rt.dist.world > 1 else ""
     fold = "all (full-data refit)" if cfg.fold == REFIT else str(cfg.fold)
-    log.info("train: %s fold %s: %d train / %d val images, %s on %s%s, amp %s, channels_last %s", cfg.exp, fold,
-             n_train, n_val, cfg.model.arch, rt.device, world, rt.dtype, rt.channels_last)
+    log.info("train: %s fold %s: %d train / %d val images, %s on %s%s, %s, channels_last %s", cfg.exp, fold,
+             n_train, n_val, cfg.model.arch, rt.device, world, describe_precision(rt.dtype, rt.device), rt.channels_last)
 

@@ -7,7 +7,8 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.config.schema import RuntimeConfig
-from pipeline.engine.runtime import Runtime, amp_dtype, cpu_has_native_bf16
+from pipeline.engine import runtime
+from pipeline.engine.runtime import Runtime, amp_dtype, cpu_has_native_bf16, describe_precision
 from pipeline.errors import TrainingError
 from pipeline.models import build_model
 
@@ -20,6 +21,16 @@ def test_amp_modes_on_the_cpu():
     assert amp_dtype("auto", CPU) is (torch.bfloat16 if cpu_has_native_bf16() else None)
     with pytest.raises(TrainingError, match="fp16 on the CPU"):
         amp_dtype("fp16", CPU)
+
+
+def test_the_log_says_when_the_cpu_has_no_native_bf16(monkeypatch):
+    assert describe_precision(torch.bfloat16, CPU) == "bfloat16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert amp_dtype("auto", CPU) is None
+    assert "has no native bf16" in describe_precision(None, CPU)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert amp_dtype("auto", CPU) is torch.bfloat16
+    assert describe_precision(None, CPU) == "fp32"  # amp=off on a CPU that has it: nothing to warn of
 
 
 def test_runtime_applies_channels_last_on_the_cpu():

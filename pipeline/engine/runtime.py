@@ -59,6 +59,17 @@ def amp_dtype(mode: str, device: torch.device):
     return torch.float16
 
 
+def describe_precision(dtype, device: torch.device) -> str:
+    """The training precision for the log; on a CPU without native bf16 it says so, since the
+    README's CPU timings come from CPUs with it (several times faster)."""
+    if dtype is not None:
+        return str(dtype).replace("torch.", "")
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        return (f"fp32 (this CPU, {torch.backends.cpu.get_cpu_capability()}, has no native bf16: "
+                "expect several times the README's bf16 CPU timings)")
+    return "fp32"
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
