@@ -36,7 +36,7 @@ def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
     from pipeline.inference.outdir import Preds
     from pipeline.inference.tta import build_tta
 
-    cfg = load_config("camvid", "unet", exp, [f"infer.folds=[{fold}]", "infer.refit=off", "infer.save_probs=true",
+    cfg = load_config("camvid", "unet", exp, [f"infer.folds=[{fold}]", "infer.refit=off", "train.refit_pseudo=false", "infer.save_probs=true",
                                               "runtime.progress=false"], fold, REPO / "configs")
     by_fold, _ = find_members(cfg)
     if fold not in by_fold:
@@ -47,7 +47,7 @@ def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         preds = Preds(Path(tmp))
         t = time.perf_counter()
-        oof = predict_oof(cfg, by_fold, Runtime.create(cfg.runtime, DistInfo()), build_tta(cfg.infer.tta), preds)
+        predict_oof(cfg, by_fold, Runtime.create(cfg.runtime, DistInfo()), build_tta(cfg.infer.tta), preds)
         seconds = time.perf_counter() - t
         images = [(pool.mask(i), preds.oof.read_probs(pool.records[i].stem)) for i in val_idx]
         by_alpha = {}
@@ -64,7 +64,7 @@ def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
     run = {"epochs": len(epochs), "train_s": round(float(epochs["seconds"].sum()), 1),
            "train_img_per_s": round(float(epochs["train_img_per_s"].mean()), 2)}
     return {"exp": exp, "resize": cfg.train.resize, "tta": list(cfg.infer.tta), "val_images": len(val_idx),
-            "inference_s": round(seconds, 1), "oof_score_untuned": round(oof["cv_score"], 4),
+            "inference_s": round(seconds, 1),
             "run": run, "by_alpha": by_alpha}
 
 
