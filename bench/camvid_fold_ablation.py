@@ -36,8 +36,9 @@ def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
     from pipeline.inference.outdir import Preds
     from pipeline.inference.tta import build_tta
 
-    cfg = load_config("camvid", "unet", exp, [f"infer.folds=[{fold}]", "infer.refit=off", "train.refit_pseudo=false", "infer.save_probs=true",
-                                              "runtime.progress=false"], fold, REPO / "configs")
+    overrides = [f"infer.folds=[{fold}]", "infer.refit=off", "train.refit_pseudo=false", "infer.save_probs=true",
+                 "runtime.progress=false"]  # this fold's model alone, its probabilities kept
+    cfg = load_config("camvid", "unet", exp, overrides, fold, REPO / "configs")
     by_fold, _ = find_members(cfg)
     if fold not in by_fold:
         raise SystemExit(f"{exp}: no trained model of fold {fold} under {cfg.run_dir()}")
@@ -64,8 +65,7 @@ def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
     run = {"epochs": len(epochs), "train_s": round(float(epochs["seconds"].sum()), 1),
            "train_img_per_s": round(float(epochs["train_img_per_s"].mean()), 2)}
     return {"exp": exp, "resize": cfg.train.resize, "tta": list(cfg.infer.tta), "val_images": len(val_idx),
-            "inference_s": round(seconds, 1),
-            "run": run, "by_alpha": by_alpha}
+            "inference_s": round(seconds, 1), "run": run, "by_alpha": by_alpha}
 
 
 def main():
