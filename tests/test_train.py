@@ -154,8 +154,10 @@ def test_ddp_two_processes_on_cpu(fold_cfg, demo_root, tmp_path):
 
 
 def test_ddp_train_all_with_a_pseudo_labelled_refit(fold_cfg, demo_root, tmp_path):
-    """train-all under torchrun with a pseudo-labelled refit: the folds, the test's pseudo-labels (written by
-    rank zero while the others wait), then the refit trained on them by both ranks."""
+    """train-all under torchrun with a pseudo-labelled refit: the folds, the test's pseudo-labels, then the
+    refit trained on them by both ranks, end to end through the gloo barrier. That only rank zero writes
+    the labels is checked by test_recipes.py::test_train_all_under_torchrun_one_rank_writes_the_pseudo_labels
+    (a race this run would not reliably show)."""
     import json
 
     fold_cfg()
