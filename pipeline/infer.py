@@ -11,6 +11,7 @@ from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, save_prediction
 from pipeline.inference.oof import predict_oof
 from pipeline.inference.outdir import PredictionFolder, Preds
+from pipeline.inference.reuse import reusable_part
 from pipeline.inference.tta import build_tta
 
 log = get_logger(__name__)
@@ -24,15 +25,19 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     with folder as partial:
         out = Preds(partial)
         multilabel = cfg.competition.multilabel  # probabilities always kept: make tune picks thresholds
-        ensemble = Ensemble.from_config(cfg, members, rt, tta)
+        reused, to_run = reusable_part(cfg, members, rt, [r.stem for r in test.records])
+        ensemble = Ensemble.from_config(cfg, to_run, rt, tta)
         preds = ensemble.predict(test, list(range(len(test))), cfg.infer.batch_size, cfg.infer.num_workers)
         for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.runtime.progress else True, leave=False):
+            if reused is not None:
+                p = reused.combine(test.records[i].stem, p, ensemble.total_weight)
             save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
                     "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],
                     "checkpoint": cfg.infer.checkpoint, "refit": cfg.infer.refit, "tta": list(cfg.infer.tta),
                     "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test),
-                    "metric": cfg.competition.metric, "cv_score": None, "cv_miou": None}
+                    "metric": cfg.competition.metric, "cv_score": None, "cv_miou": None,
+                    "reused_probs": None if reused is None else str(reused.root)}
         if cfg.infer.oof and by_fold:  # OOF figures always come from the fold models
             manifest.update(predict_oof(cfg, by_fold, rt, tta, out, [r.stem for r in test.records]))
         final = folder.commit(manifest)

@@ -94,7 +94,8 @@ def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
     if cfg.infer.refit != "off":
         if cfg.train.refit_pseudo:  # one writer under torchrun; the other ranks wait for its labels
             if args.dist.main:
-                pseudo_label(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, refit="off")))
+                pseudo_label(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, refit="off")),
+                             keep_probs=cfg.infer.refit == "with")  # infer then runs only the refit on the test
             Runtime.create(cfg.runtime, args.dist).barrier()
         out[REFIT] = run(dataclasses.replace(cfg, fold=REFIT), args)
     return out

@@ -66,11 +66,12 @@ def test_train_all_under_torchrun_one_rank_writes_the_pseudo_labels(cfg_of, monk
             events.append("barrier")
 
     monkeypatch.setattr(train, "run", lambda cfg, args: events.append(f"train {cfg.fold}") or {})
-    monkeypatch.setattr(train, "pseudo_label", lambda cfg: events.append(f"pseudo refit={cfg.infer.refit}"))
+    monkeypatch.setattr(train, "pseudo_label", lambda cfg, keep_probs: events.append(
+        f"pseudo refit={cfg.infer.refit} keep_probs={keep_probs}"))
     monkeypatch.setattr(train.Runtime, "create", staticmethod(lambda rc, dist: FakeRuntime()))
     cfg = cfg_of("folds.k=2", "infer.refit=with", "train.refit_pseudo=true", name="rk")
     train.run_all(cfg, StageArgs(dist=DistInfo(rank=rank, world=2)))
-    labels = ["pseudo refit=off"] if rank == 0 else []  # the fold ensemble labels: never a refit not yet trained
+    labels = ["pseudo refit=off keep_probs=True"] if rank == 0 else []  # the fold ensemble labels: never a refit not yet trained
     assert events == ["train 0", "train 1", *labels, "barrier", f"train {REFIT}"]
 
 
@@ -189,3 +190,31 @@ def test_train_all_pseudo_labels_the_test_for_the_refit_only(cfg_of, caplog):
     assert "fold all (full-data refit): 30 train / 0 val images" in caplog.text  # 24 labelled + 6 test
     with pytest.raises(ConfigError, match="train.refit_pseudo"):
         cfg_of("train.refit_pseudo=true", name="rp2")
+
+
+def test_infer_reuses_the_pseudo_pass_test_probabilities_only_when_they_are_its_own(cfg_of):
+    """Before a pseudo-labelled refit the fold ensemble has already predicted the test images:
+    `infer` reuses those probabilities and runs only the refit, with the same result as a full pass
+    (up to float16 rounding); a retrained fold model or other settings make it run everything again."""
+    import os
+
+    args = ("folds.k=2", "infer.refit=with", "train.refit_pseudo=true", "pseudo.threshold=0.01", "infer.save_probs=true",
+            "train.max_steps_per_epoch=6", "train.lr_decoder=0.01")
+    cfg = cfg_of(*args, name="ru")
+    train.run_all(cfg)
+    assert len(list((cfg.pseudo_dir() / "probs").glob("*.npy"))) == 6
+    reused = infer.run(cfg)
+    assert reused["reused_probs"] == str(cfg.pseudo_dir()) and reused["models"] == ["ru/fold0", "ru/fold1", "ru/all"]
+    preds = Preds.of(cfg)
+    stems = preds.read_manifest()["files"]
+    fast = {s: preds.read_probs(s) for s in stems}
+    ckpt = cfg.run_dir(fold=1) / "best.pt"
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if fold 1 had been trained again
+    full = infer.run(cfg)
+    assert full["reused_probs"] is None
+    slow = {s: preds.read_probs(s) for s in stems}
+    assert max(np.abs(slow[s] - fast[s]).max() for s in stems) < 5e-4
+    infer.run(cfg_of(*args, "infer.refit=only", name="ru"))  # the tolerance is far below what a member changes
+    assert max(np.abs(preds.read_probs(s) - slow[s]).max() for s in stems) > 0.02
+    assert infer.run(cfg_of(*args, "infer.tta=[hflip]", name="ru"))["reused_probs"] is None  # other TTA, other key

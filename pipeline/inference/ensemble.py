@@ -189,10 +189,10 @@ def top_class(probs: torch.Tensor, with_conf: bool = False, rows: int = 256):
 def save_prediction(preds: Preds, stem: str, probs: torch.Tensor, save_probs: bool, multilabel: bool = False) -> np.ndarray:
     """labels/<stem>.png (argmax; multilabel: the map of class bits above 0.5, `make tune` may pick
     other thresholds, which `make submission` applies to the saved probabilities) and, when asked,
-    probs/<stem>.npz (float16); returns the label map."""
+    probs/<stem>.npz (float16, stored: zlib took ~0.14 s per CamVid frame to save 15%); returns the label map."""
     label = threshold_bits(probs.numpy(), [0.5] * len(probs)) if multilabel else top_class(probs)[0]
     save_png(preds.label(stem), label)
     if save_probs:
         write_with(preds.probs(stem),
-                   lambda f: np.savez_compressed(f, probs=probs.numpy().astype(np.float16)))
+                   lambda f: np.savez(f, probs=probs.numpy().astype(np.float16)))
     return label

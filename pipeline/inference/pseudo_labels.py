@@ -13,6 +13,7 @@ from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, top_class
 from pipeline.inference.outdir import PredictionFolder
+from pipeline.inference.reuse import ensemble_key, save_probs
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import read_json, save_png
 from pipeline.pixels import class_counts
@@ -33,8 +34,9 @@ def pseudo_round(cfg: Config, members) -> int:
     return max(rounds) + 1
 
 
-def pseudo_label(cfg: Config) -> dict:
-    """Writes cfg.pseudo_dir() (masks and manifest, atomically); returns the manifest."""
+def pseudo_label(cfg: Config, keep_probs: bool = False) -> dict:
+    """Writes cfg.pseudo_dir() (masks and manifest, atomically); returns the manifest. `keep_probs`:
+    also the ensemble's probabilities, for `infer` to reuse (inference/reuse.py)."""
     if cfg.competition.multilabel:
         raise ConfigError("make pseudo: pseudo-labels are built for the single-label task (one class per pixel)")
     rt = Runtime.create(cfg.runtime, DistInfo())
@@ -51,6 +53,8 @@ def pseudo_label(cfg: Config) -> dict:
             sure = conf >= thr
             label[~sure] = ign
             save_png(out / "masks" / f"{images.records[i].stem}.png", label)
+            if keep_probs:
+                save_probs(out, images.records[i].stem, p)
             kept += int(sure.sum())
             total += sure.size
             per_class += class_counts(label[sure], C)
@@ -58,6 +62,8 @@ def pseudo_label(cfg: Config) -> dict:
                     "threshold": thr, "models": [str(m.path) for m in members], "tta": list(cfg.infer.tta),
                     "kept_pixel_share": kept / max(total, 1),
                     "kept_pixels": {c: int(n) for c, n in zip(cfg.data.classes, per_class)}}
+        if keep_probs:
+            manifest["probs_key"] = ensemble_key(cfg, members, rt, [r.stem for r in images.records])
         final = folder.commit(manifest)
     log.info("pseudo: round %d, %d %s images labelled by %d model(s), %.1f%% of pixels above %.2f -> %s",
              manifest["round"], len(images), cfg.pseudo.split, len(members), 100 * manifest["kept_pixel_share"], thr, final)
