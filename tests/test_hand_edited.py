@@ -25,15 +25,30 @@ from pipeline.inference.outdir import Preds
 from helpers import REPO, TINY, fake_runs, write_coco
 
 
-@pytest.fixture
-def chain(make_cfg, demo_root, tmp_path, capsys):
-    """Folds, tiny fold models and their predictions on a private copy of the demo data; `run` calls
-    the CLI and returns (exit code, stdout, stderr)."""
-    root = tmp_path / "demo"
-    shutil.copytree(demo_root, root)
-    cfg = make_cfg(*TINY, root=root)
+@pytest.fixture(scope="module")
+def built_chain(demo_root, tmp_path_factory):
+    """Folds, tiny fold models and their predictions over a copy of the demo data, built once per
+    module (inference and its error-analysis page take seconds); each test works on its own copy."""
+    from pipeline.config import load_config
+
+    base = tmp_path_factory.mktemp("chain")
+    shutil.copytree(demo_root, base / "demo")
+    cfg = load_config("demo", "unet", None, [f"data.root={base / 'demo'}", f"outputs={base / 'outputs'}",
+                                             f"submissions={base / 'submissions'}", "runtime.progress=false", *TINY],
+                      0, REPO / "configs")
     fake_runs(cfg)
     infer.run(cfg)
+    return base
+
+
+@pytest.fixture
+def chain(make_cfg, built_chain, tmp_path, capsys):
+    """A private copy of `built_chain` (data and outputs, nothing in them names the folder); `run`
+    calls the CLI and returns (exit code, stdout, stderr)."""
+    root = tmp_path / "demo"
+    shutil.copytree(built_chain / "demo", root)
+    shutil.copytree(built_chain / "outputs", tmp_path / "outputs")
+    cfg = make_cfg(*TINY, root=root)
     common = [f"data.root={root}", f"outputs={tmp_path / 'outputs'}", f"submissions={tmp_path / 'submissions'}",
               "runtime.progress=false", *TINY]
 

@@ -55,12 +55,13 @@ def test_killed_run_resumes_to_identical_weights(fold_cfg, demo_root, tmp_path, 
     """fp32, and bf16 autocast on the CPU: checkpoints stay fp32, and the resumed run ends where the
     straight one does, bit for bit."""
     fold_cfg()  # writes folds.csv under tmp_path/outputs
+    # 2 steps an epoch keep it short where bf16 is emulated (AVX2: ~7x fp32's time); step 3 is mid-epoch 2
     base = [f"data.root={demo_root}", f"outputs={tmp_path / 'outputs'}", "runtime.progress=false",
-            *TINY, "train.epochs=3", "train.augment=[{name: HorizontalFlip, p: 0.5}]", "train.ema_decay=0.9",
-            f"runtime.amp={amp}"]
+            *TINY, "train.epochs=3", "train.max_steps_per_epoch=2", "train.augment=[{name: HorizontalFlip, p: 0.5}]",
+            "train.ema_decay=0.9", f"runtime.amp={amp}"]
     _cli(base + ["name=straight"], tmp_path)
-    killed = _cli(base + ["name=killed"], tmp_path, check=False, kill_at=6)
-    assert killed.returncode == -9  # SIGKILL in the middle of epoch 2 (4 steps per epoch)
+    killed = _cli(base + ["name=killed"], tmp_path, check=False, kill_at=3)
+    assert killed.returncode == -9  # SIGKILL in the middle of epoch 2
     run_dir = tmp_path / "outputs" / "demo" / "runs"
     assert len(pd.read_csv(run_dir / "killed" / "fold0" / "metrics.csv")) == 1
     resumed = _cli(base + ["name=killed"], tmp_path)
