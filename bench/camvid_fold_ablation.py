@@ -76,7 +76,8 @@ def main():
     a = p.parse_args()
     rows = [score_variant(e, a.fold) for e in a.exps]
     result = {"bench": "camvid_fold_ablation", "fold": a.fold, "alphas": list(ALPHAS),
-              "command": f"python bench/camvid_fold_ablation.py --fold {a.fold} --exps {' '.join(a.exps)}",
+              "command": f"python bench/camvid_fold_ablation.py --fold {a.fold} --exps {' '.join(a.exps)}"
+                         + (f" --out {a.out}" if a.out else ""),
               "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M"), "variants": rows}
     out = Path(a.out) if a.out else REPO / "bench" / "results" / f"camvid_fold{a.fold}_ablation.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,6 +23,18 @@ def _table(rows: list[dict]) -> list[str]:
     return out
 
 
+def _ablation_rows(variants: list[dict]) -> list[dict]:
+    """camvid_fold_ablation: one row per recipe, mIoU at each alpha and the thin classes at each."""
+    rows = []
+    for v in variants:
+        row = {"exp": v["exp"], "train_s": v["run"]["train_s"], "img/s": v["run"]["train_img_per_s"]}
+        for alpha, scored in v["by_alpha"].items():
+            row[f"mIoU a={alpha}"] = scored["miou"]
+            row[f"thin a={alpha}"] = " / ".join(f"{x:.3f}" for x in scored["thin"].values())
+        rows.append(row)
+    return rows
+
+
 def report() -> str:
     lines = ["# Benchmark results", "",
              "Written by `python bench/run_all.py --report` from `bench/results/*.json`; each section names "
@@ -40,6 +52,9 @@ def report() -> str:
                   f"- command: `python bench/{name}.py`" + (" (see script for arguments)" if name == "train_throughput" else ""),
                   f"- machine: {where}; {m.get('cpus', '?')} CPUs; torch {m.get('torch', r.get('torch', '?'))}; "
                   f"measured {r.get('when', '?')}", ""]
+        if name == "camvid_fold_ablation":
+            rows = _ablation_rows(r.pop("variants"))
+            r = {**r, "results": rows, "thin": "Pole / SignSymbol / Pedestrian / Bicyclist IoU"}
         flat = {k: v for k, v in r.items() if k not in ("bench", "machine", "results", "when", "command")}
         if flat:
             lines += [f"- {k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in flat.items()] + [""]
