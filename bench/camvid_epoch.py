@@ -1,4 +1,4 @@
-"""A short real CamVid run for CPU settings benchmarks (bench/cpu_allocator.py, bench/cpu_threads.py):
+"""A short real CamVid run for the CPU settings benchmarks (bench/cpu_allocator.py, cpu_threads.py, cpu_batch.py):
 `camvid_lite0` fold 2, one epoch of a few batches (DataLoader workers, augmentation, bf16/channels_last
 where the CPU has it) and one validation pass over the fold's 152 frames, in a fresh process per run,
 each variant with its own environment and overrides, the variants interleaved round by round so that

@@ -15,11 +15,12 @@ from camvid_epoch import KEEP_HEAP, WHAT, best_rows, side_by_side
 from common import save
 
 SHIPPED = {"GLIBC_TUNABLES": KEEP_HEAP}
+TWO_WORKERS = ["train.num_workers=2"]  # set here: camvid_lite0 ships 1
 BASELINE = "2 loader workers"
 VARIANTS = {  # label: (environment, extra overrides)
-    BASELINE: (SHIPPED, ["train.num_workers=2"]),
-    "OpenCV one thread per worker (OPENCV_FOR_THREADS_NUM=1)": ({**SHIPPED, "OPENCV_FOR_THREADS_NUM": "1"}, ["train.num_workers=2"]),
-    "OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE)": ({**SHIPPED, "OMP_WAIT_POLICY": "PASSIVE"}, ["train.num_workers=2"]),
+    BASELINE: (SHIPPED, TWO_WORKERS),
+    "OpenCV one thread per worker (OPENCV_FOR_THREADS_NUM=1)": ({**SHIPPED, "OPENCV_FOR_THREADS_NUM": "1"}, TWO_WORKERS),
+    "OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE)": ({**SHIPPED, "OMP_WAIT_POLICY": "PASSIVE"}, TWO_WORKERS),
     "1 loader worker (camvid_lite0 as shipped)": (SHIPPED, ["train.num_workers=1"]),
 }
 
