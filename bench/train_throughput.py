@@ -72,11 +72,18 @@ def measure(arch, encoder, size, batch, steps, warmup, amp, channels_last, compi
 
 
 def cpu_grid(a) -> dict:
-    """Every (encoder, amp, memory format) on the CPU, interleaved round by round."""
-    configs = [(enc, amp, cl) for enc in a.encoders for amp in a.amps for cl in (False, True)]
-    steps = {c: make_step(a.arch, c[0], a.size, a.batch, c[1], c[2], False, torch.device("cpu")) for c in configs}
-    for c in configs:  # warm-up: oneDNN picks its kernels on the first calls
-        for _ in range(a.warmup):
+    """Every (encoder, amp, memory format) on the CPU, interleaved round by round; with --compile also
+    each (encoder, amp) channels_last under torch.compile (its first step, the compilation, timed apart)."""
+    configs = [(enc, amp, cl, False) for enc in a.encoders for amp in a.amps for cl in (False, True)]
+    if a.compile:
+        configs += [(enc, amp, True, True) for enc in a.encoders for amp in a.amps]
+    steps = {c: make_step(a.arch, c[0], a.size, a.batch, c[1], c[2], c[3], torch.device("cpu")) for c in configs}
+    first_step = {}
+    for c in configs:  # warm-up: oneDNN picks its kernels (and torch.compile compiles) on the first calls
+        t = time.perf_counter()
+        steps[c][0]()
+        first_step[c] = time.perf_counter() - t
+        for _ in range(a.warmup - 1):
             steps[c][0]()
     best = {c: float("inf") for c in configs}
     for _ in range(a.rounds):
@@ -86,16 +93,16 @@ def cpu_grid(a) -> dict:
                 steps[c][0]()
             best[c] = min(best[c], (time.perf_counter() - t) / a.steps)
     rows = []
-    for enc in a.encoders:
-        base = best.get((enc, "off", False))
-        for amp in a.amps:
-            for cl in (False, True):
-                dt = best[(enc, amp, cl)]
-                rows.append({"encoder": enc, "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl,
-                             "img_per_s": round(a.batch / dt, 2), "step_ms": round(1000 * dt, 1),
-                             "speedup_vs_fp32_nchw": round(base / dt, 2) if base else None})
+    for c in configs:
+        enc, amp, cl, comp = c
+        base, dt = best[(enc, "off", False, False)] if "off" in a.amps else None, best[c]
+        rows.append({"encoder": enc, "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl, "compile": comp,
+                     "img_per_s": round(a.batch / dt, 2), "step_ms": round(1000 * dt, 1),
+                     "first_step_s": round(first_step[c], 1),
+                     "speedup_vs_fp32_nchw": round(base / dt, 2) if base else None})
     command = (f"python bench/train_throughput.py --cpu --encoders {' '.join(a.encoders)} --size {a.size} "
-               f"--batch {a.batch} --steps {a.steps} --rounds {a.rounds} --warmup {a.warmup} --amps {' '.join(a.amps)}")
+               f"--batch {a.batch} --steps {a.steps} --rounds {a.rounds} --warmup {a.warmup} --amps {' '.join(a.amps)}"
+               + (" --compile" if a.compile else ""))
     return {"bench": "train_throughput_cpu", "command": command, "arch": a.arch, "size": a.size, "batch": a.batch, "steps": a.steps,
             "rounds": a.rounds, "native_bf16": cpu_has_native_bf16(), "machine": machine(),
             "when": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
