@@ -23,19 +23,18 @@ from common import REPO
 METRICS = ("miou", "Pole", "SignSymbol", "Pedestrian", "Bicyclist")
 
 
-def scored_variants(fold: int) -> tuple[dict[str, dict], dict[str, dict]]:
-    """exp -> its by_alpha scores, and exp -> the machine that scored it, from every stored ablation
-    of the fold (the newest where one repeats)."""
+def scored_variants(fold: int) -> dict[str, tuple[dict, dict]]:
+    """exp -> (its by_alpha scores, the machine that scored it), from every stored ablation of the
+    fold (the newest where one repeats)."""
     found = {}
     for path in sorted((REPO / "bench" / "results").glob(f"camvid_fold{fold}_ablation*.json")):
         result = json.loads(path.read_text())
+        when = result.get("when", "")
         for v in result["variants"]:
-            when = result.get("when", "")
             if v["exp"] not in found or when >= found[v["exp"]][0]:
                 scores = {a: {"miou": s["miou"], **s["thin"]} for a, s in v["by_alpha"].items()}
                 found[v["exp"]] = (when, scores, result.get("machine", {}))
-    return ({exp: scores for exp, (_, scores, _) in found.items()},
-            {exp: machine for exp, (_, _, machine) in found.items()})
+    return {exp: (scores, machine) for exp, (_, scores, machine) in found.items()}
 
 
 def spread(values: list[float], level: float = 0.90) -> dict:
@@ -55,12 +54,13 @@ def main():
     p.add_argument("--variants", nargs="*", default=[], help="screened recipes to set against the seeds")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    scores, machines = scored_variants(a.fold)
-    missing = [e for e in [*a.seeds, *a.variants] if e not in scores]
     if len(a.seeds) < 2:
         raise SystemExit("--seeds needs two runs of the recipe at least: one run has no spread")
+    found = scored_variants(a.fold)
+    missing = [e for e in [*a.seeds, *a.variants] if e not in found]
     if missing:
         raise SystemExit(f"no fold-{a.fold} ablation result for {', '.join(missing)}: run bench/camvid_fold_ablation.py first")
+    scores = {exp: sc for exp, (sc, _) in found.items()}
     alphas = sorted(scores[a.seeds[0]])
     seeds = {al: {m: spread([scores[e][al][m] for e in a.seeds]) for m in METRICS} for al in alphas}
     rows = [{"exp": "seeds: mean (sd), min-max, 90% for one more seed", "alpha": al,
@@ -79,7 +79,7 @@ def main():
               "command": f"python bench/camvid_seed_spread.py --fold {a.fold} --seeds {' '.join(a.seeds)}"
                          + (f" --variants {' '.join(a.variants)}" if a.variants else "") + (f" --out {a.out}" if a.out else ""),
               "legend": "score (difference from the seeds' mean); * outside the 90% interval of one more seed",
-              "machine": machines[a.seeds[0]], "when": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
+              "machine": found[a.seeds[0]][1], "when": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
     out = Path(a.out) if a.out else REPO / "bench" / "results" / f"camvid_fold{a.fold}_seed_spread.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     for al in alphas:

@@ -95,7 +95,8 @@ def cpu_grid(a) -> dict:
     rows = []
     for c in configs:
         enc, amp, cl, comp = c
-        base, dt = best[(enc, "off", False, False)] if "off" in a.amps else None, best[c]
+        base = best[(enc, "off", False, False)] if "off" in a.amps else None
+        dt = best[c]
         rows.append({"encoder": enc, "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl, "compile": comp,
                      "img_per_s": round(a.batch / dt, 2), "step_ms": round(1000 * dt, 1),
                      "first_step_s": round(first_step[c], 1),
