@@ -7,6 +7,10 @@ before the whole recipe is trained.
     python -m pipeline train data=camvid exp=camvid_lite0 fold=2        # and the same for each variant
     python bench/camvid_fold_ablation.py --fold 2 --exps camvid_lite0 camvid_lite0_up15
 
+A variant written `exp_a+exp_b+...` is the ensemble of those experiments' fold models, their
+probabilities averaged as `infer.experiments` averages them (e.g. more short runs against fewer
+long ones at the same training time).
+
 Results: bench/results/camvid_fold<k>_ablation.json (or --out).
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ ALPHAS = (0.0, 0.5, 0.7)
 THIN = ("Pole", "SignSymbol", "Pedestrian", "Bicyclist")
 
 
-def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
+def score_variant(spec: str, fold: int, alphas=ALPHAS) -> dict:
     from pipeline.competition.metrics import competition_metric
     from pipeline.competition.postprocess import decide, prior_rules
     from pipeline.config import DistInfo, load_config
@@ -36,12 +40,13 @@ def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
     from pipeline.inference.outdir import Preds
     from pipeline.inference.tta import build_tta
 
+    exps = spec.split("+")
     overrides = [f"infer.folds=[{fold}]", "infer.refit=off", "train.refit_pseudo=false", "infer.save_probs=true",
-                 "runtime.progress=false"]  # this fold's model alone, its probabilities kept
-    cfg = load_config("camvid", "unet", exp, overrides, fold, REPO / "configs")
+                 "runtime.progress=false", f"infer.experiments=[{','.join(exps)}]"]  # this fold's models, probabilities kept
+    cfg = load_config("camvid", "unet", exps[0], overrides, fold, REPO / "configs")
     by_fold, _ = find_members(cfg)
-    if fold not in by_fold:
-        raise SystemExit(f"{exp}: no trained model of fold {fold} under {cfg.run_dir()}")
+    if len(by_fold.get(fold, ())) != len(exps):
+        raise SystemExit(f"{spec}: not every experiment has a trained model of fold {fold} under {cfg.out_dir / 'runs'}")
     pool, table = labelled_pool(cfg)
     train_idx, val_idx = fold_indices(table, fold, str(cfg.folds_csv))
     prior = log_prior([pool.mask(i) for i in train_idx], cfg.data.num_classes, cfg.data.ignore_index)
@@ -61,11 +66,12 @@ def score_variant(exp: str, fold: int, alphas=ALPHAS) -> dict:
             per_class = {c: round(float(v), 4) for c, v in zip(classes, m["per_class"])}
             by_alpha[str(alpha)] = {"miou": round(m["score"], 4), "thin": {c: per_class.get(c) for c in THIN},
                                     "per_class": per_class}
-    epochs = pd.read_csv(cfg.run_dir() / "metrics.csv")
-    run = {"epochs": len(epochs), "train_s": round(float(epochs["seconds"].sum()), 1),
-           "train_img_per_s": round(float(epochs["train_img_per_s"].mean()), 2)}
-    return {"exp": exp, "resize": cfg.train.resize, "tta": list(cfg.infer.tta), "val_images": len(val_idx),
-            "inference_s": round(seconds, 1), "run": run, "by_alpha": by_alpha}
+    runs = [pd.read_csv(cfg.run_dir(exp=e) / "metrics.csv") for e in exps]
+    run = {"epochs": sum(len(r) for r in runs), "train_s": round(sum(float(r["seconds"].sum()) for r in runs), 1),
+           "train_img_per_s": round(float(pd.concat(runs)["train_img_per_s"].mean()), 2)}
+    return {"exp": spec, **({"members": exps} if len(exps) > 1 else {}), "resize": cfg.train.resize,
+            "tta": list(cfg.infer.tta), "val_images": len(val_idx), "inference_s": round(seconds, 1), "run": run,
+            "by_alpha": by_alpha}
 
 
 def main():
