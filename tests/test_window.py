@@ -135,7 +135,7 @@ def test_windowed_memory_grows_only_by_the_image_and_its_output():
     # fixed and the height grows six-fold; both fill every batch of 4 windows. Measured on a 2-core
     # AMD EPYC Zen 3: window growth 56-87 MiB against 70 MiB inherent, 120 once on CI's machine; keeping
     # every float32 band (8 bytes a pixel more) grew 265-302 MiB. So the bound is the inherent bytes plus
-    # that bug's 8 per pixel: no allocator's slack reaches it and the bug passes it at its smallest.
+    # that bug's 8 per pixel: no allocator's slack reaches it and the bug exceeds it even at its smallest.
     width, short, tall = 2048, 1024, 6144
     more_pixels = (tall - short) * width / 2 ** 20  # Mi pixels
     inherent = 3 + 2 * 2  # bytes per pixel: the uint8 RGB image and the float16 probabilities of 2 classes
