@@ -49,7 +49,7 @@ def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> d
         _describe(cfg, rt, len(train_idx), len(val_idx))
         if pseudo is not None:
             write_json(run_dir / "pseudo.json", pseudo)  # which round and which ensemble labelled them
-            log.info("  + %d pseudo-labelled %s images (round %d, threshold %.2f)", pseudo["images"], pseudo["split"],
+            log.info("  of which %d pseudo-labelled %s images (round %d, threshold %.2f)", pseudo["images"], pseudo["split"],
                      pseudo["round"], pseudo["threshold"])
         model = rt.prepare(build_model(cfg.model, cfg.data.num_classes))
         if tc.init_from:
