@@ -15,9 +15,10 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 from camvid_simulation import draw_config
-from common import REPO, machine
+from common import REPO, invocation, machine
 
 ALPHAS = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)
 
@@ -66,8 +67,9 @@ def main():
             meter.update(decide(probs, prior_rules(alpha, prior), False), mask)
         scores[str(alpha)] = round(meter.compute()["score"], 4)
     tuned = json.loads(preds.postprocess.read_text())
-    result = {"draw": tag, "pseudo_test_score_by_alpha": scores, "tune_alpha": tuned.get("bias_alpha"),
-              "tune_applied": bool(tuned["rules"]), "machine": machine()}
+    result = {"command": invocation(), "draw": tag, "pseudo_test_score_by_alpha": scores, "tune_alpha": tuned.get("bias_alpha"),
+              "tune_applied": bool(tuned["rules"]), "machine": machine(),
+              "when": time.strftime("%Y-%m-%d %H:%M")}
     (results / f"{a.name}{'_' + a.variant if a.variant else ''}_alpha_curve.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, machine
+from common import REPO, SHARED, invocation, machine
 
 CAMVID = SHARED / "camvid"
 DRIVES = ("0001TP", "0006R0", "0016E5")  # the labelled drives (train and val splits together)
@@ -180,7 +180,7 @@ def main():
     score_json = json.loads((preds / "oof" / "score.json").read_text())
     tuned = json.loads((preds / "postprocess.json").read_text())
     cv_tuned = tuned.get("cv") or {}
-    result = {"exp": a.exp, "args": extra, "layout": layout, "seconds": seconds,
+    result = {"command": invocation(), "exp": a.exp, "args": extra, "layout": layout, "seconds": seconds,
               "pseudo_test_score": float(local["local_score"]),
               "pseudo_test_score_before_postprocess": None if pd.isna(local.get("local_score_raw")) else float(local["local_score_raw"]),
               "pseudo_test_score_by_kind_before_postprocess": score_by_kind(a.exp, extra, a.new_drive),

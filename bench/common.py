@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,11 @@ def _cpuinfo() -> dict:
         info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
     info["cpu_bf16_flags"] = sorted(flags & {"amx_bf16", "avx512_bf16"})
     return info
+
+
+def invocation() -> str:
+    """The command line this bench was started with, as a result file records it."""
+    return shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def timed(fn, repeat: int = 3) -> float:

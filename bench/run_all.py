@@ -35,6 +35,21 @@ def _ablation_rows(variants: list[dict]) -> list[dict]:
     return rows
 
 
+def _command(r: dict, name: str) -> str:
+    """The recorded command, else the script that wrote the result (a simulation draw's
+    results are named after the draw, not the script): never a script that does not exist."""
+    if r.get("command"):
+        return f"`{r['command']}`"
+    if name.endswith("_alpha_curve"):  # <draw>_alpha_curve.json
+        script = "camvid_alpha_curve"
+    else:
+        script = max((p.stem for p in HERE.glob("*.py") if name.startswith(p.stem)), key=len, default=None)
+    if script is None:
+        return "not recorded"
+    exact = script == name and name != "train_throughput"
+    return f"`python bench/{script}.py`" + ("" if exact else " (its arguments were not recorded)")
+
+
 def report() -> str:
     lines = ["# Benchmark results", "",
              "Written by `python bench/run_all.py --report` from `bench/results/*.json`; each section names "
@@ -48,8 +63,7 @@ def report() -> str:
             flags = ", ".join(m.get("cpu_bf16_flags") or []) or "no native bf16"
             where += f" (family/model {m['cpu_family_model']}, {m.get('cpu_isa', '?')}, {flags})"
         lines += [f"## {name} ({path.stem.rsplit('_', 1)[-1]})", "",
-                  f"- command: `{r['command']}`" if r.get("command") else
-                  f"- command: `python bench/{name}.py`" + (" (see script for arguments)" if name == "train_throughput" else ""),
+                  f"- command: {_command(r, name)}",
                   f"- machine: {where}; {m.get('cpus', '?')} CPUs; torch {m.get('torch', r.get('torch', '?'))}; "
                   f"measured {r.get('when', '?')}", ""]
         if name == "camvid_fold_ablation":
