@@ -40,10 +40,7 @@ def _command(r: dict, name: str) -> str:
     results are named after the draw, not the script): never a script that does not exist."""
     if r.get("command"):
         return f"`{r['command']}`"
-    if name.endswith("_alpha_curve"):  # <draw>_alpha_curve.json
-        script = "camvid_alpha_curve"
-    else:
-        script = max((p.stem for p in HERE.glob("*.py") if name.startswith(p.stem)), key=len, default=None)
+    script = max((p.stem for p in HERE.glob("*.py") if name.startswith(p.stem)), key=len, default=None)
     if script is None:
         return "not recorded"
     exact = script == name and name != "train_throughput"
