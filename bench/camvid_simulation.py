@@ -140,6 +140,7 @@ def main():
                    help="with --reuse: the full-data refit joins (with) or replaces (only) the fold models on the pseudo-test")
     p.add_argument("--pseudo", action="store_true", help="with --refit: the refit also trains on the fold ensemble's "
                                                           "confident labels of the pseudo-test images")
+    p.add_argument("--tag", default="", help="appended to the results name: a --reuse run with other --args beside the plain one")
     a = p.parse_args()
     os.chdir(REPO)  # the configs' relative paths (data/<name>, outputs/) are the stages' (cwd=REPO), wherever this runs from
     if a.refit and not a.reuse:
@@ -154,6 +155,7 @@ def main():
                  f"folds.tail={{'{tail}': 0.5}}", f"folds.assign={{'{whole}': 0, '{tail}@tail': 1}}", *extra]
     tag = a.name + (f"_refit_{a.refit}" if a.refit else "_reused" if a.reuse else "")  # beside the draw's first results
     tag += "_pseudo" if a.pseudo else ""
+    tag += f"_{a.tag}" if a.tag else ""
     out = REPO / "bench" / "results" / tag
     out.mkdir(parents=True, exist_ok=True)
     layout = build_layout(REPO / "data" / (a.name if a.name != "camvid_simulation" else "camvid_sim"),

@@ -71,7 +71,8 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
         return log_prior(images, cfg.data.num_classes, cfg.data.ignore_index) if biased else None
 
     every = prior(truths)
-    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs, every, folds)
+    shrink = cfg.competition.bias_shrink
+    rules, before, after = tune(preds, truths, classes, metric, bg, multilabel, from_probs, every, folds, shrink)
     holdout, fold_rules, alphas = {}, {}, {"all": _alpha(rules, every)}
     for k in sorted(set(folds.tolist())):
         inside, outside = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
@@ -79,7 +80,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
             continue
         without = prior([truths[i] for i in inside])
         fold_rules[k], _, _ = tune([preds[i] for i in inside], [truths[i] for i in inside], classes, metric, bg,
-                                   multilabel, from_probs, without, folds[inside])
+                                   multilabel, from_probs, without, folds[inside], shrink)
         alphas[k] = _alpha(fold_rules[k], without)
         held = ([preds[i] for i in outside], [truths[i] for i in outside])
         holdout[k] = {"before": evaluate(*held, {}, metric, bg, multilabel, from_probs),
@@ -97,7 +98,8 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
               "oof_before": before, "oof_after": after, "holdout": holdout,
               "holdout_gain_mean": float(np.mean(gains)) if gains else None}
     if biased:  # each class's bias is alpha * log(f_c / median f): alpha tuned on all images, and without each fold
-        result["bias_alpha"] = alphas
+        result["bias_alpha"] = alphas  # as applied: times competition.bias_shrink
+        result["bias_shrink"] = shrink
     if rules and len(fold_rules) == len(holdout) and holdout:
         result["cv"] = cross_fitted_cv(cfg, folder, pool, table, rows, fold_rules, from_probs)
     write_json(folder.postprocess, result)

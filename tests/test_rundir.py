@@ -69,9 +69,12 @@ def test_a_run_from_before_a_setting_existed_resumes_at_its_default(tiny, caplog
 
 
 def test_config_changes_ignores_free_settings():
-    old = {"train": {"epochs": 1, "num_workers": 0, "losses": [{"name": "ce"}]}, "infer": {"tta": ["hflip"]}}
-    new = {"train": {"epochs": 1, "num_workers": 4, "losses": [{"name": "dice"}]}, "infer": {"tta": []}}
-    assert config_changes(old, new) == [("train.losses", [{"name": "ce"}], [{"name": "dice"}])]
+    old = {"train": {"epochs": 1, "num_workers": 0, "losses": [{"name": "ce"}]}, "infer": {"tta": ["hflip"]},
+           "competition": {"metric": "miou", "bias_shrink": 1.0}}
+    new = {"train": {"epochs": 1, "num_workers": 4, "losses": [{"name": "dice"}]}, "infer": {"tta": []},
+           "competition": {"metric": "miou_image", "bias_shrink": 0.5}}  # tune's shrink is free; the metric is not
+    assert config_changes(old, new) == [("competition.metric", "miou", "miou_image"),
+                                        ("train.losses", [{"name": "ce"}], [{"name": "dice"}])]
 
 
 def test_a_second_process_in_the_same_run_folder_is_refused(tiny):

@@ -159,6 +159,30 @@ def test_the_prior_bias_undoes_an_over_predicted_rare_class_and_zero_bias_is_the
     assert all(r.min_area == 0 and r.gate == 0 for r in rules.values())  # no background: no area rules
 
 
+def test_bias_shrink_scales_the_chosen_alpha_and_zero_leaves_the_argmax():
+    from pipeline.data.stats import log_prior
+
+    rng = np.random.default_rng(3)
+    truths = _with_a_rare_class(rng)
+    probs = _overpredicting(truths, rng)
+    prior = log_prior(truths, 4, 255)
+
+    def metric():
+        return build_metric("miou", 4, 255)
+
+    def tuned(shrink):
+        return tune(probs, truths, [0, 1, 2, 3], metric, background=None, probs=True, prior=prior, shrink=shrink)
+
+    full, before, _ = tuned(1.0)
+    half, _, after_half = tuned(0.5)
+    assert full and set(half) == set(full)
+    for c in full:
+        assert half[c].bias == pytest.approx(full[c].bias / 2)
+    assert after_half == pytest.approx(evaluate(probs, truths, half, metric, None, False, True))
+    none, before0, after0 = tuned(0.0)
+    assert none == {} and after0 == pytest.approx(before0) and before0 == pytest.approx(before)
+
+
 def test_a_bias_out_of_range_is_refused_naming_the_class_and_field():
     from pipeline.competition.postprocess import rules_problems
 

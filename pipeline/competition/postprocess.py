@@ -157,12 +157,13 @@ def evaluate(preds, truths, rules: dict[int, ClassRule], metric_factory, backgro
 
 def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], metric_factory,
          background: int | None = 0, multilabel: bool = False, probs: bool | None = None,
-         prior: np.ndarray | None = None, groups=None) -> tuple[dict[int, ClassRule], float, float]:
+         prior: np.ndarray | None = None, groups=None, shrink: float = 1.0) -> tuple[dict[int, ClassRule], float, float]:
     """Coordinate search over the grids, keeping a value only when the metric improves: with
     single-label probabilities (`probs`) and a `prior` (data.stats.log_prior) first the biases' alpha, for
     the mean of the metric over `groups` (each image's fold; default one group); then class by
     class the threshold (multilabel), min area and gate (only with a `background` to give removed
-    pixels to), for the metric of all images. Returns (rules, before, after), scored on all images.
+    pixels to), for the metric of all images; the chosen alpha is multiplied by `shrink` before the
+    area rules are searched. Returns (rules, before, after), scored on all images.
 
     Alpha moves every pixel of every image, so each fold (a drive, a domain) counts once: on a
     CamVid simulation the pooled score of two folds picked alpha 1.5 (one fold up, the other down),
@@ -183,12 +184,14 @@ def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], 
             return float(np.mean([evaluate([preds[i] for i in m], [truths[i] for i in m], rules, metric_factory,
                                            background, multilabel, True) for m in members]))
 
-        unbiased, top = rules, by_group({})
+        unbiased, top, chosen = rules, by_group({}), 0.0
         for alpha in ALPHA_GRID[1:]:
             trial = prior_rules(alpha, prior, unbiased)
             s = by_group(trial)
             if s > top + 1e-12:
-                top, rules = s, trial
+                top, rules, chosen = s, trial, alpha
+        if chosen and shrink != 1.0:
+            rules = prior_rules(chosen * shrink, prior, unbiased)
         best = score(rules)
     grids = ([("threshold", THRESHOLD_GRID)] if multilabel else []) + (
         [("min_area", AREA_GRID), ("gate", AREA_GRID)] if background is not None else [])

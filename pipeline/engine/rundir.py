@@ -19,7 +19,7 @@ log = get_logger("pipeline.train")
 # Settings that do not change what a run computes: they may differ when a run is resumed.
 FREE_TO_CHANGE = ("runtime.progress", "train.num_workers", "train.trackers", "train.mlflow_uri", "train.on_change",
                   "runtime.device", "runtime.compile", "data.root", "data.strict", "outputs", "submissions",
-                  "infer.", "submission.", "pseudo.",
+                  "infer.", "submission.", "pseudo.", "competition.bias_shrink",  # make tune's, after training
                   "train.refit_pseudo")  # the refit it changes records it as train.pseudo, which is compared
 
 
