@@ -68,6 +68,7 @@ def main():
         scores[str(alpha)] = round(meter.compute()["score"], 4)
     tuned = json.loads(preds.postprocess.read_text())
     result = {"command": invocation(), "draw": tag, "pseudo_test_score_by_alpha": scores, "tune_alpha": tuned.get("bias_alpha"),
+              "tune_bias_shrink": tuned.get("bias_shrink", 1.0),  # tune_alpha is as applied: times this
               "tune_applied": bool(tuned["rules"]), "machine": machine(),
               "when": time.strftime("%Y-%m-%d %H:%M")}
     (results / f"{a.name}{'_' + a.variant if a.variant else ''}_alpha_curve.json").write_text(json.dumps(result, indent=2) + "\n")
