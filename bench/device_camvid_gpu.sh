@@ -1,7 +1,7 @@
 #!/bin/bash
-# The CamVid GPU recipe (configs/exp/camvid_lite2_gpu.yaml) on the device machine, in one call:
-# the three leave-one-sequence-out folds trained side by side on one GPU, OOF
-# inference with the test-matched CV, tune's class biases, then the CUDA tests. Reads CamVid from .device-data/camvid
+# The CamVid GPU recipe (configs/exp/camvid_lite2_gpu.yaml) on the device machine, in one call: the
+# three leave-one-sequence-out folds trained side by side on one GPU, OOF inference with the
+# test-matched CV, tune's class biases, then the CUDA tests. Reads CamVid from .device-data/camvid
 # (train/, val/, test.json; git-ignored, carried) and the Python packages the device lacks from .whl/
 # (carried). The test images stay behind (the 64 MiB limit): infer predicts copies of a training
 # frame under the test file names, so the test-matched CV weights are right and the test

@@ -184,14 +184,13 @@ def tune(preds: list[np.ndarray], truths: list[np.ndarray], classes: list[int], 
             return float(np.mean([evaluate([preds[i] for i in m], [truths[i] for i in m], rules, metric_factory,
                                            background, multilabel, True) for m in members]))
 
-        unbiased, top, chosen = rules, by_group({}), 0.0
+        top, chosen = by_group({}), 0.0
         for alpha in ALPHA_GRID[1:]:
-            trial = prior_rules(alpha, prior, unbiased)
-            s = by_group(trial)
+            s = by_group(prior_rules(alpha, prior, rules))
             if s > top + 1e-12:
-                top, rules, chosen = s, trial, alpha
-        if chosen and shrink != 1.0:
-            rules = prior_rules(chosen * shrink, prior, unbiased)
+                top, chosen = s, alpha
+        if chosen:
+            rules = prior_rules(chosen * shrink, prior, rules)
         best = score(rules)
     grids = ([("threshold", THRESHOLD_GRID)] if multilabel else []) + (
         [("min_area", AREA_GRID), ("gate", AREA_GRID)] if background is not None else [])
