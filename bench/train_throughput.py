@@ -3,6 +3,7 @@ model, optimiser-group and loss builders. Writes a JSON result file.
 
     python bench/train_throughput.py --arch Unet --encoder resnet34 --size 512 --batch 16      # GPU
     python bench/train_throughput.py --cpu --encoders resnet18 resnet34 tu-tf_efficientnet_lite0 --size 256 --batch 8
+    python bench/train_throughput.py --cpu --encoders tu-tf_efficientnet_lite0 --amps bf16 --decoders 256,128,64,32,16 128,64,32,16,16
 
 CPU mode: fp32 vs bf16 x NCHW vs channels_last for each encoder, the measurements interleaved
 round by round (each configuration once per round, best round kept), so that a slower moment of a
@@ -28,9 +29,11 @@ from pipeline.engine.runtime import amp_dtype, cpu_has_native_bf16  # noqa: E402
 from bench.common import machine  # noqa: E402
 
 
-def make_step(arch, encoder, size, batch, amp, channels_last, compile_, device, classes=12):
+def make_step(arch, encoder, size, batch, amp, channels_last, compile_, device, classes=12, decoder=None):
+    """`decoder`: the UNet's decoder_channels (None: the architecture's default)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig("bench", arch, encoder), classes).to(device)
+    params = {"decoder_channels": list(decoder)} if decoder else {}
+    model = build_model(ModelConfig("bench", arch, encoder, params=params), classes).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     tc = TrainConfig()
@@ -74,10 +77,12 @@ def measure(arch, encoder, size, batch, steps, warmup, amp, channels_last, compi
 def cpu_grid(a) -> dict:
     """Every (encoder, amp, memory format) on the CPU, interleaved round by round; with --compile also
     each (encoder, amp) channels_last under torch.compile (its first step, the compilation, timed apart)."""
-    configs = [(enc, amp, cl, False) for enc in a.encoders for amp in a.amps for cl in (False, True)]
+    decoders = a.decoders or [None]
+    configs = [(enc, amp, cl, False, dec) for enc in a.encoders for dec in decoders for amp in a.amps for cl in (False, True)]
     if a.compile:
-        configs += [(enc, amp, True, True) for enc in a.encoders for amp in a.amps]
-    steps = {c: make_step(a.arch, c[0], a.size, a.batch, c[1], c[2], c[3], torch.device("cpu")) for c in configs}
+        configs += [(enc, amp, True, True, dec) for enc in a.encoders for dec in decoders for amp in a.amps]
+    steps = {c: make_step(a.arch, c[0], a.size, a.batch, c[1], c[2], c[3], torch.device("cpu"), decoder=c[4])
+             for c in configs}
     first_step = {}
     for c in configs:  # warm-up: oneDNN picks its kernels (and torch.compile compiles) on the first calls
         t = time.perf_counter()
@@ -94,15 +99,17 @@ def cpu_grid(a) -> dict:
             best[c] = min(best[c], (time.perf_counter() - t) / a.steps)
     rows = []
     for c in configs:
-        enc, amp, cl, comp = c
-        base = best[(enc, "off", False, False)] if "off" in a.amps else None
+        enc, amp, cl, comp, dec = c
+        base = best[(enc, "off", False, False, dec)] if "off" in a.amps else None
         dt = best[c]
-        rows.append({"encoder": enc, "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl, "compile": comp,
+        rows.append({"encoder": enc, "decoder_channels": ",".join(map(str, dec)) if dec else "default",
+                     "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl, "compile": comp,
                      "img_per_s": round(a.batch / dt, 2), "step_ms": round(1000 * dt, 1),
                      "first_step_s": round(first_step[c], 1),
                      "speedup_vs_fp32_nchw": round(base / dt, 2) if base else None})
     command = (f"python bench/train_throughput.py --cpu --encoders {' '.join(a.encoders)} --size {a.size} "
                f"--batch {a.batch} --steps {a.steps} --rounds {a.rounds} --warmup {a.warmup} --amps {' '.join(a.amps)}"
+               + (" --decoders " + " ".join(",".join(map(str, d)) for d in a.decoders) if a.decoders else "")
                + (" --compile" if a.compile else ""))
     return {"bench": "train_throughput_cpu", "command": command, "arch": a.arch, "size": a.size, "batch": a.batch, "steps": a.steps,
             "rounds": a.rounds, "native_bf16": cpu_has_native_bf16(), "machine": machine(),
@@ -124,6 +131,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--amps", nargs="+", choices=["off", "bf16"], default=["off", "bf16"],
                    help="CPU grid: the precisions (bf16 without native support is emulated, minutes per step)")
+    p.add_argument("--decoders", nargs="+", default=None, type=lambda v: tuple(int(c) for c in v.split(",")),
+                   help="CPU grid: UNet decoder_channels to compare, each comma-separated (e.g. 256,128,64,32,16)")
     a = p.parse_args()
     if a.cpu:
         result = cpu_grid(a)
