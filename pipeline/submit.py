@@ -13,6 +13,7 @@ from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError, SubmissionError
+from pipeline.inference.oof import with_offset
 from pipeline.inference.outdir import Preds
 from pipeline.io import write_json, write_text
 
@@ -52,14 +53,16 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
     sc = cfg.submission
     preds = Preds.of(cfg)
     test = open_split(cfg.data, "test", labelled=False)
-    manifest = _complete_manifest(preds, [r.stem for r in test.records])
+    # the recipe's simulated gap as configured now, also where it changed after infer or tune ran
+    manifest = with_offset(_complete_manifest(preds, [r.stem for r in test.records]), cfg.infer.cv_offset)
     rules, multilabel = {}, cfg.competition.multilabel
     if sc.postprocess:
         tuned_doc, rules = preds.read_rules(cfg.data.classes)
         if tuned_doc is not None:
             manifest = {**manifest, "postprocess": tuned_doc["rules"], "oof_after_postprocess": tuned_doc.get("oof_after")}
             if rules and tuned_doc.get("cv"):  # the CV of what is submitted: OOF maps under rules tuned without their fold
-                manifest = {**manifest, **tuned_doc["cv"], "cv_before_postprocess": manifest.get("cv_score")}
+                manifest = {**manifest, **with_offset(tuned_doc["cv"], cfg.infer.cv_offset),
+                            "cv_before_postprocess": manifest.get("cv_score")}
     from_probs = needs_probs(rules, multilabel)
     if from_probs and not all(preds.probs(r.stem).exists() for r in test.records):
         raise DataError(f"{preds.postprocess}: its rules act on probabilities (thresholds, biases) but {preds.root / 'probs'} "

@@ -15,6 +15,22 @@ from pipeline.data.groups import TRAIN_ONLY, explicit_folds, split_tails, valida
 from pipeline.data.pool import fold_indices
 from pipeline.errors import ConfigError, DataError
 from pipeline.inference.cv_estimate import blocks_of, kind_weights, kinds_of_test, matched_estimate
+from pipeline.inference.oof import with_offset
+
+
+def test_with_offset_moves_the_score_and_interval_and_replaces_an_earlier_offset():
+    raw = {"cv_score": 0.50, "cv_interval": [0.45, 0.55], "cv_score_kind": "test_matched", "cv_pooled": 0.52}
+    a = with_offset(raw, 0.08)
+    assert a["cv_score"] == pytest.approx(0.58) and a["cv_interval"] == pytest.approx([0.53, 0.63])
+    assert a["cv_before_offset"] == 0.50 and a["cv_offset"] == 0.08 and a["cv_score_kind"] == "test_matched+offset"
+    assert a["cv_pooled"] == 0.52 and raw["cv_score"] == 0.50  # the input is left as it was
+    b = with_offset(a, 0.09)  # the recipe's gap re-simulated after inference: replaced, not added
+    assert b["cv_score"] == pytest.approx(0.59) and b["cv_interval"] == pytest.approx([0.54, 0.64])
+    assert b["cv_before_offset"] == 0.50 and b["cv_score_kind"] == "test_matched+offset"
+    c = with_offset(b, 0.0)
+    assert c["cv_score"] == pytest.approx(0.50) and c["cv_interval"] == pytest.approx([0.45, 0.55])
+    assert "cv_before_offset" not in c and c["cv_offset"] == 0.0 and c["cv_score_kind"] == "test_matched"
+    assert with_offset({"files": ["a"]}, 0.08) == {"files": ["a"]}  # no OOF images, no CV to move
 
 
 def test_split_tails_takes_the_latest_frames_by_number():
@@ -161,3 +177,7 @@ def test_camvid_config_end_to_end_gives_a_test_matched_cv(make_cfg, tmp_path):
     assert shifted["cv_score_kind"] == "test_matched+offset" and shifted["cv_pooled"] == manifest["cv_pooled"]
     meta = json.loads(submit.run(shifted_cfg).with_suffix(".json").read_text())
     assert meta["cv_score"] == pytest.approx(shifted["cv_score"]) and meta["cv_offset"] == 0.05
+    # the offset re-simulated after inference ran: the submission states the one configured now
+    meta = json.loads(submit.run(make_cfg(*args, "infer.cv_offset=0.08", data="camvid")).with_suffix(".json").read_text())
+    assert meta["cv_score"] == pytest.approx(manifest["cv_score"] + 0.08) and meta["cv_offset"] == 0.08
+    assert meta["cv_before_offset"] == pytest.approx(manifest["cv_score"])

@@ -86,18 +86,24 @@ class OofScores:
                   "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
                   "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
         result.update(_test_matched(self.cfg, table, self.stems, self.image_states, test_stems, self.scored, m["score"]))
-        result.update(_with_offset(result, self.cfg.infer.cv_offset))
+        return with_offset(result, self.cfg.infer.cv_offset)
+
+
+def with_offset(result: dict, offset: float) -> dict:
+    """cv_score (and its interval) moved by infer.cv_offset; the figure before it is kept. Applied to
+    a result that already carries an offset, it replaces that offset (a recipe's simulated gap can
+    change after its inference ran). A result without a CV (no OOF images) is returned as it is."""
+    if result.get("cv_score") is None:
         return result
-
-
-def _with_offset(result: dict, offset: float) -> dict:
-    """cv_score (and its interval) moved by infer.cv_offset; the figure before it is kept."""
-    if not offset:
-        return {"cv_offset": 0.0}
-    out = {"cv_offset": offset, "cv_before_offset": result["cv_score"], "cv_score": result["cv_score"] + offset,
-           "cv_score_kind": f"{result['cv_score_kind']}+offset"}
+    kind = result.get("cv_score_kind", "").removesuffix("+offset")
+    raw = result.get("cv_before_offset", result["cv_score"])
+    moved = result.get("cv_offset") or 0.0
+    out = {k: v for k, v in result.items() if k != "cv_before_offset"}
+    out.update({"cv_offset": offset or 0.0, "cv_score": raw + offset, "cv_score_kind": kind + ("+offset" if offset else "")})
     if result.get("cv_interval"):
-        out["cv_interval"] = [v + offset for v in result["cv_interval"]]
+        out["cv_interval"] = [v - moved + offset for v in result["cv_interval"]]
+    if offset:
+        out["cv_before_offset"] = raw
     return out
 
 
