@@ -184,7 +184,7 @@ class CompetitionConfig:
     task: str = "single"  # single: softmax, one class per pixel | multilabel: one sigmoid per class
     background: int | None = None  # the class post-processing gives removed pixels to (make tune); none: no tuning
     # make tune's class-bias alpha, times this before it is applied (and before the held-out folds score it):
-    # below 1 shrinks the biases toward the plain argmax. On seven CamVid simulation runs the pseudo-test
+    # below 1 shrinks the biases toward the plain argmax. On ten CamVid simulation curves the pseudo-test
     # peaked at alpha 0.3-0.5 where tune chose 0.6-0.8 (bench/results/camvid_simulation_*_alpha_curve.json)
     bias_shrink: float = bounded(1.0, 0.0, 1.0)
 
