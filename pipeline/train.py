@@ -35,6 +35,8 @@ def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> d
     """Train cfg.fold; `hooks` are added after the built-in ones (tests inject faults this way)."""
     if cfg.fold == REFIT and cfg.train.refit_pseudo and not cfg.train.pseudo:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, pseudo=cfg.exp))
+    if cfg.fold == REFIT and cfg.train.refit_epochs:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.train.refit_epochs))
     dist = args.dist
     tc, rt = cfg.train, Runtime.create(cfg.runtime, dist)
     pool, table = labelled_pool(cfg)

@@ -52,6 +52,25 @@ def test_train_all_trains_the_refit_the_recipe_infers_with(cfg_of):
     assert sorted(train.run_all(cfg_of("folds.k=2", name="plain"))) == [0, 1]  # no refit unless inference uses it
 
 
+def test_refit_epochs_shorten_the_refit_only_and_resume_the_folds(cfg_of, caplog):
+    """`train.refit_epochs`: the refit (about twice a fold's images) trains its own number of epochs;
+    the fold runs keep train.epochs and, finished, resume as complete when only that setting changes."""
+    from pipeline.errors import ConfigError
+
+    out = train.run_all(cfg_of("folds.k=2", "infer.refit=with", "train.epochs=3", name="re"))
+    assert [out[k]["epochs"] for k in (0, 1, REFIT)] == [3, 3, 3]
+    caplog.set_level("INFO")
+    out = train.run_all(cfg_of("folds.k=2", "infer.refit=with", "train.epochs=3", "train.refit_epochs=1",
+                               "train.on_change=restart", name="re"))
+    assert [out[k]["epochs"] for k in (0, 1, REFIT)] == [3, 3, 1]
+    assert caplog.text.count("complete: nothing to train") == 2  # the folds; the refit started again
+    refit_dir = cfg_of("folds.k=2", name="re").run_dir(fold=REFIT)
+    assert len(pd.read_csv(refit_dir / "metrics.csv")) == 1
+    assert list(refit_dir.parent.glob("all.replaced-*"))  # the 3-epoch refit kept aside, not lost
+    with pytest.raises(ConfigError, match="train.refit_epochs"):
+        cfg_of("train.refit_epochs=0", name="re0")
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_train_all_under_torchrun_one_rank_writes_the_pseudo_labels(cfg_of, monkeypatch, rank):
     """Rank zero labels the test images, every rank waits at the barrier, and only then does any rank

@@ -138,6 +138,9 @@ class TrainConfig:
     ema_decay: float | None = bounded(None, 0, 1, lo_open=True, hi_open=True)
     swa_epochs: int = bounded(0, 0)  # average the weights of the last N epochs (BN statistics recomputed) -> swa.pt
     pseudo: str | None = None  # add the pseudo-labels of outputs/<data>/pseudo/<this name> to training (never validation)
+    # epochs of the full-data refit (default: train.epochs); it trains on every labelled image (and the
+    # pseudo-labelled test images), about twice a fold's images per epoch
+    refit_epochs: int | None = None  # >= 1 (checked with its own message)
     refit_pseudo: bool = False  # the full-data refit also trains on this experiment's pseudo-labels of the test images (train-all makes them with the fold ensemble)
     init_from: str | None = None  # start from another run's weights: "<exp>/fold<k>", "<exp>/all" or a .pt file
     patience: int | None = bounded(None, 1)  # early stopping, in validations without a better val score (competition.metric)

@@ -64,11 +64,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.rare_classes: {name!r} is not a class")
     if not 0 < cfg.pseudo.threshold <= 1:
         raise ConfigError(f"pseudo.threshold: {cfg.pseudo.threshold} must be in (0, 1]")
+    if t.refit_epochs is not None and t.refit_epochs < 1:
+        raise ConfigError(f"train.refit_epochs: {t.refit_epochs} trains nothing; use null (train.epochs) or >= 1")
     if t.refit_pseudo and cfg.infer.refit == "off":
         raise ConfigError("train.refit_pseudo: the pseudo-labels train the full-data refit, which infer.refit=off "
                           "leaves out; set infer.refit to with or only")
-    if not 0 <= t.swa_epochs <= t.epochs:
-        raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs})")
+    if not 0 <= t.swa_epochs <= min(t.epochs, t.refit_epochs or t.epochs):
+        raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs}) "
+                          f"and 0..train.refit_epochs ({t.refit_epochs})")
     if t.num_workers < 0 or cfg.infer.num_workers < 0 or cfg.infer.batch_size < 1:
         raise ConfigError("train.num_workers and infer.num_workers must be >= 0, infer.batch_size >= 1")
     _validate_windows(cfg)
