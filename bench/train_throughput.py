@@ -4,10 +4,13 @@ model, optimiser-group and loss builders. Writes a JSON result file.
     python bench/train_throughput.py --arch Unet --encoder resnet34 --size 512 --batch 16      # GPU
     python bench/train_throughput.py --cpu --encoders resnet18 resnet34 tu-tf_efficientnet_lite0 --size 256 --batch 8
     python bench/train_throughput.py --cpu --encoders tu-tf_efficientnet_lite0 --amps bf16 --decoders 256,128,64,32,16 128,64,32,16,16
+    python bench/train_throughput.py --cpu --encoders tu-tf_efficientnet_lite0 resnet18 --amps bf16 --depthwise-fp32
 
 CPU mode: fp32 vs bf16 x NCHW vs channels_last for each encoder, the measurements interleaved
 round by round (each configuration once per round, best round kept), so that a slower moment of a
-shared machine does not fall on one configuration only.
+shared machine does not fall on one configuration only. Every bf16 configuration keeps its depthwise
+convolutions in bf16 (`runtime.depthwise_fp32=false`) unless it says otherwise: --depthwise-fp32 adds
+bf16 channels_last with them in fp32, as segpipe runs it by default.
 """
 from __future__ import annotations
 
@@ -25,17 +28,20 @@ from pipeline.config import LossTerm, ModelConfig, TrainConfig  # noqa: E402
 from pipeline.engine.losses import build_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.engine.optim import build_optimizer  # noqa: E402
-from pipeline.engine.runtime import amp_dtype, cpu_has_native_bf16  # noqa: E402
+from pipeline.engine.runtime import amp_dtype, cpu_has_native_bf16, depthwise_in_fp32  # noqa: E402
 from bench.common import machine  # noqa: E402
 
 
-def make_step(arch, encoder, size, batch, amp, channels_last, compile_, device, classes=12, decoder=None):
+def make_step(arch, encoder, size, batch, amp, channels_last, compile_, device, classes=12, decoder=None,
+              depthwise_fp32=False):
     """`decoder`: the UNet's decoder_channels (None: the architecture's default)."""
     torch.manual_seed(0)
     params = {"decoder_channels": list(decoder)} if decoder else {}
     model = build_model(ModelConfig("bench", arch, encoder, params=params), classes).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if depthwise_fp32:
+        depthwise_in_fp32(model)
     tc = TrainConfig()
     opt = build_optimizer(model, tc)
     loss_fn = build_loss((LossTerm("ce"), LossTerm("dice", 0.5)), classes, 255).to(device)
@@ -78,11 +84,14 @@ def cpu_grid(a) -> dict:
     """Every (encoder, amp, memory format) on the CPU, interleaved round by round; with --compile also
     each (encoder, amp) channels_last under torch.compile (its first step, the compilation, timed apart)."""
     decoders = a.decoders or [None]
-    configs = [(enc, amp, cl, False, dec) for enc in a.encoders for dec in decoders for amp in a.amps for cl in (False, True)]
+    configs = [(enc, amp, cl, False, dec, False) for enc in a.encoders for dec in decoders for amp in a.amps
+               for cl in (False, True)]
+    if a.depthwise_fp32:
+        configs += [(enc, "bf16", True, False, dec, True) for enc in a.encoders for dec in decoders]
     if a.compile:
-        configs += [(enc, amp, True, True, dec) for enc in a.encoders for dec in decoders for amp in a.amps]
-    steps = {c: make_step(a.arch, c[0], a.size, a.batch, c[1], c[2], c[3], torch.device("cpu"), decoder=c[4])
-             for c in configs}
+        configs += [(enc, amp, True, True, dec, False) for enc in a.encoders for dec in decoders for amp in a.amps]
+    steps = {c: make_step(a.arch, c[0], a.size, a.batch, c[1], c[2], c[3], torch.device("cpu"), decoder=c[4],
+                          depthwise_fp32=c[5]) for c in configs}
     first_step = {}
     for c in configs:  # warm-up: oneDNN picks its kernels (and torch.compile compiles) on the first calls
         t = time.perf_counter()
@@ -99,18 +108,19 @@ def cpu_grid(a) -> dict:
             best[c] = min(best[c], (time.perf_counter() - t) / a.steps)
     rows = []
     for c in configs:
-        enc, amp, cl, comp, dec = c
-        base = best[(enc, "off", False, False, dec)] if "off" in a.amps else None
+        enc, amp, cl, comp, dec, dw = c
+        base = best[(enc, "off", False, False, dec, False)] if "off" in a.amps else None
         dt = best[c]
         rows.append({"encoder": enc, "decoder_channels": ",".join(map(str, dec)) if dec else "default",
                      "amp": "bf16" if amp == "bf16" else "fp32", "channels_last": cl, "compile": comp,
+                     "depthwise_fp32": dw,
                      "img_per_s": round(a.batch / dt, 2), "step_ms": round(1000 * dt, 1),
                      "first_step_s": round(first_step[c], 1),
                      "speedup_vs_fp32_nchw": round(base / dt, 2) if base else None})
     command = (f"python bench/train_throughput.py --cpu --encoders {' '.join(a.encoders)} --size {a.size} "
                f"--batch {a.batch} --steps {a.steps} --rounds {a.rounds} --warmup {a.warmup} --amps {' '.join(a.amps)}"
                + (" --decoders " + " ".join(",".join(map(str, d)) for d in a.decoders) if a.decoders else "")
-               + (" --compile" if a.compile else ""))
+               + (" --depthwise-fp32" if a.depthwise_fp32 else "") + (" --compile" if a.compile else ""))
     return {"bench": "train_throughput_cpu", "command": command, "arch": a.arch, "size": a.size, "batch": a.batch, "steps": a.steps,
             "rounds": a.rounds, "native_bf16": cpu_has_native_bf16(), "machine": machine(),
             "when": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
@@ -125,6 +135,8 @@ def main():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    p.add_argument("--depthwise-fp32", action="store_true",
+                   help="CPU grid: also bf16 channels_last with the depthwise convolutions in fp32")
     p.add_argument("--out", default=None)
     p.add_argument("--cpu", action="store_true", help="CPU grid: fp32/bf16 x NCHW/channels_last per encoder")
     p.add_argument("--encoders", nargs="+", default=["resnet18", "resnet34", "tu-tf_efficientnet_lite0"])

@@ -92,3 +92,54 @@ def test_ema_model_keeps_the_training_layout():
     ema.update_parameters(model)
     w = ema.module.net.encoder.conv1.weight
     assert w.is_contiguous(memory_format=torch.channels_last) and w.dtype == torch.float32
+
+
+def _dw_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                               torch.nn.Conv2d(8, 4, 1, groups=2))
+
+
+def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16():
+    """oneDNN's bf16 depthwise backward is several times slower than fp32's on the CPU: under bf16
+    autocast the depthwise layers (only they: not dense, not other grouped convolutions) compute in
+    fp32, with their state-dict keys unchanged and a deepcopy (EMA, SWA) computing with its own weights."""
+    rt = Runtime.create(RuntimeConfig(device="cpu", amp="bf16"))
+    net = rt.prepare(_dw_net())
+    keys = list(_dw_net().state_dict())
+    assert list(net.state_dict()) == keys
+    seen = {}
+    for i, m in enumerate(net):
+        m.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, out.dtype))
+    x = rt.to_device(torch.randn(2, 3, 8, 8), image=True)
+    with rt.autocast():
+        net(x).float().sum().backward()
+    assert seen == {0: torch.bfloat16, 1: torch.float32, 2: torch.bfloat16}
+    assert net[1].weight.grad is not None and net[1].weight.grad.dtype == torch.float32
+
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        twin[1].weight.zero_()
+        twin[1].bias.zero_()
+    with rt.autocast():
+        assert torch.count_nonzero(twin[:2](x)) == 0  # the copy's conv, not the original's
+        assert torch.count_nonzero(net[:2](x)) > 0
+
+    for cfg in (RuntimeConfig(device="cpu", amp="bf16", depthwise_fp32=False), RuntimeConfig(device="cpu", amp="off")):
+        plain = Runtime.create(cfg).prepare(_dw_net())
+        assert "forward" not in vars(plain[1])
+
+
+def test_depthwise_fp32_reaches_the_efficientnet_encoder():
+    """timm's TF-padded depthwise convolutions (Conv2dSame) are found and still train."""
+    from pipeline.engine.runtime import depthwise_in_fp32
+
+    model = build_model(ModelConfig("t", "Unet", "tu-tf_efficientnet_lite0"), 3)
+    assert depthwise_in_fp32(model) == 16  # one per MBConv block of Lite0
+    rt = Runtime.create(RuntimeConfig(device="cpu", amp="bf16"))
+    model = rt.prepare(model)
+    before = copy.deepcopy(model.state_dict())
+    with rt.autocast():
+        model(rt.to_device(torch.randn(2, 3, 64, 64), image=True)).float().mean().backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if "conv_dw" in k)
