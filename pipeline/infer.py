@@ -9,7 +9,7 @@ from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, save_prediction
-from pipeline.inference.oof import predict_oof
+from pipeline.inference.oof import leaderboard_note, predict_oof
 from pipeline.inference.outdir import PredictionFolder, Preds
 from pipeline.inference.reuse import reusable_part
 from pipeline.inference.tta import build_tta
@@ -50,7 +50,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
         if manifest["cv_score_kind"].startswith("test_matched"):
             low, high = manifest["cv_interval"]
             cv += (f"; test-matched CV{shifted} {manifest['cv_score']:.4f} (90% interval {low:.4f}..{high:.4f}): "
-                   "the figure that estimates the leaderboard")
+                   f"the figure that estimates the leaderboard{leaderboard_note(manifest)}")
         elif offset:
             cv += f"; CV{shifted} {manifest['cv_score']:.4f}: the figure that estimates the leaderboard"
     log.info("infer: %d test images x %d model(s) x %d TTA view(s) -> %s%s", len(test), len(members), len(tta), final, cv)

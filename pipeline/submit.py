@@ -13,7 +13,7 @@ from pipeline.config import Config, StageArgs
 from pipeline.data.sources import open_split
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError, SubmissionError
-from pipeline.inference.oof import with_offset
+from pipeline.inference.oof import leaderboard_note, with_offset
 from pipeline.inference.outdir import Preds
 from pipeline.io import write_json, write_text
 
@@ -54,14 +54,15 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
     preds = Preds.of(cfg)
     test = open_split(cfg.data, "test", labelled=False)
     # the recipe's simulated gap as configured now, also where it changed after infer or tune ran
-    manifest = with_offset(_complete_manifest(preds, [r.stem for r in test.records]), cfg.infer.cv_offset)
+    manifest = with_offset(_complete_manifest(preds, [r.stem for r in test.records]), cfg.infer.cv_offset,
+                           cfg.infer.cv_offset_sd)
     rules, multilabel = {}, cfg.competition.multilabel
     if sc.postprocess:
         tuned_doc, rules = preds.read_rules(cfg.data.classes)
         if tuned_doc is not None:
             manifest = {**manifest, "postprocess": tuned_doc["rules"], "oof_after_postprocess": tuned_doc.get("oof_after")}
             if rules and tuned_doc.get("cv"):  # the CV of what is submitted: OOF maps under rules tuned without their fold
-                manifest = {**manifest, **with_offset(tuned_doc["cv"], cfg.infer.cv_offset),
+                manifest = {**manifest, **with_offset(tuned_doc["cv"], cfg.infer.cv_offset, cfg.infer.cv_offset_sd),
                             "cv_before_postprocess": manifest.get("cv_score")}
     from_probs = needs_probs(rules, multilabel)
     if from_probs and not all(preds.probs(r.stem).exists() for r in test.records):
@@ -80,6 +81,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
     meta = {"exp": cfg.exp, "data": cfg.data.name, "rows": len(df), "preds": str(preds.root),
             **{k: v for k, v in manifest.items() if k != "files"}}
     write_json(path.with_suffix(".json"), meta, overwrite=False)
-    log.info("submission: %d rows (%d images, %d classes, %s), validated -> %s", len(df), len(test), len(class_ids(cfg)),
-             sc.format, path)
+    cv = "" if meta.get("cv_score") is None else f"; cv_score {meta['cv_score']:.4f}{leaderboard_note(meta)}"
+    log.info("submission: %d rows (%d images, %d classes, %s), validated -> %s%s", len(df), len(test), len(class_ids(cfg)),
+             sc.format, path, cv)
     return path

@@ -19,7 +19,7 @@ from pipeline.config import Config, StageArgs
 from pipeline.data.pool import labelled_pool
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import ConfigError, DataError
-from pipeline.inference.oof import OofScores
+from pipeline.inference.oof import OofScores, leaderboard_note
 from pipeline.inference.outdir import Preds
 from pipeline.io import write_json
 
@@ -108,7 +108,7 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
              "%d class rule(s) -> %s%s", result["metric"], len(rows), before, after, result["holdout_gain_mean"] or 0.0,
              len(rules), folder.postprocess,
              f"; CV with each fold's rules tuned on the other folds {cv['cv_score']:.4f} ({cv['cv_score_kind']}), "
-             "the submission's cv_score" if cv else "")
+             f"the submission's cv_score{leaderboard_note(cv)}" if cv else "")
     return result
 
 

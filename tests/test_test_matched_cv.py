@@ -33,6 +33,21 @@ def test_with_offset_moves_the_score_and_interval_and_replaces_an_earlier_offset
     assert with_offset({"files": ["a"]}, 0.08) == {"files": ["a"]}  # no OOF images, no CV to move
 
 
+def test_offset_sd_widens_the_interval_into_the_leaderboard_range():
+    raw = {"cv_score": 0.50, "cv_interval": [0.45, 0.55], "cv_score_kind": "test_matched"}
+    a = with_offset(raw, 0.08, 0.026)
+    boot_sd = 0.10 / (2 * 1.6449)  # the bootstrap sd behind a 90% interval 0.10 wide
+    half = 1.6449 * (boot_sd ** 2 + 0.026 ** 2) ** 0.5
+    assert a["cv_leaderboard_interval"] == pytest.approx([0.58 - half, 0.58 + half], abs=1e-6)
+    assert a["cv_interval"] == pytest.approx([0.53, 0.63]) and a["cv_offset_sd"] == 0.026
+    wider = with_offset(raw, 0.08, 0.05)["cv_leaderboard_interval"]
+    assert wider[0] < a["cv_leaderboard_interval"][0] and wider[1] > a["cv_leaderboard_interval"][1]
+    # without an sd the range is the bootstrap's, and none is stated: a stale one is dropped
+    b = with_offset(a, 0.09)
+    assert "cv_leaderboard_interval" not in b and "cv_offset_sd" not in b and b["cv_score"] == pytest.approx(0.59)
+    assert "cv_leaderboard_interval" not in with_offset({"cv_score": 0.5, "cv_interval": None}, 0.08, 0.026)
+
+
 def test_split_tails_takes_the_latest_frames_by_number():
     stems = ["A_f10", "A_f2", "A_f30", "A_f4", "B_1"]  # frame order 2, 4, 10, 30: not the string order
     groups = ["A", "A", "A", "A", "B"]
@@ -181,3 +196,8 @@ def test_camvid_config_end_to_end_gives_a_test_matched_cv(make_cfg, tmp_path):
     meta = json.loads(submit.run(make_cfg(*args, "infer.cv_offset=0.08", data="camvid")).with_suffix(".json").read_text())
     assert meta["cv_score"] == pytest.approx(manifest["cv_score"] + 0.08) and meta["cv_offset"] == 0.08
     assert meta["cv_before_offset"] == pytest.approx(manifest["cv_score"])
+    meta = json.loads(submit.run(make_cfg(*args, "infer.cv_offset=0.08", "infer.cv_offset_sd=0.03", data="camvid"))
+                      .with_suffix(".json").read_text())
+    low, high = meta["cv_leaderboard_interval"]
+    assert low < meta["cv_interval"][0] and high > meta["cv_interval"][1] and meta["cv_offset_sd"] == 0.03
+    assert (low + high) / 2 == pytest.approx(meta["cv_score"])

@@ -179,6 +179,8 @@ class InferConfig:
     # added to cv_score: the gap between the fold models' CV and the score of the ensemble actually
     # submitted, measured by simulating the competition on labelled data (bench/camvid_simulation.py)
     cv_offset: float = bounded(0.0, -0.5, 0.5)
+    # that gap's sd across simulated draws: widens cv_score's interval into cv_leaderboard_interval
+    cv_offset_sd: float = bounded(0.0, 0.0, 0.5)
     analysis_images: int = bounded(8, 0)  # the worst OOF images drawn on the error-analysis page
 
 

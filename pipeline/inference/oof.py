@@ -86,25 +86,49 @@ class OofScores:
                   "cv_pixel_acc": m["pixel_acc"], "cv_folds": per_fold, "cv_fold_mean": float(scores.mean()),
                   "cv_fold_std": float(scores.std()), "cv_per_class": by_class(m["per_class"]), "cv_iou": by_class(m["iou"])}
         result.update(_test_matched(self.cfg, table, self.stems, self.image_states, test_stems, self.scored, m["score"]))
-        return with_offset(result, self.cfg.infer.cv_offset)
+        return with_offset(result, self.cfg.infer.cv_offset, self.cfg.infer.cv_offset_sd)
 
 
-def with_offset(result: dict, offset: float) -> dict:
+def with_offset(result: dict, offset: float, offset_sd: float = 0.0) -> dict:
     """cv_score (and its interval) moved by infer.cv_offset; the figure before it is kept. Applied to
     a result that already carries an offset, it replaces that offset (a recipe's simulated gap can
-    change after its inference ran). A result without a CV (no OOF images) is returned as it is."""
+    change after its inference ran). A result without a CV (no OOF images) is returned as it is.
+    With infer.cv_offset_sd (the spread of the simulated gap from draw to draw), cv_leaderboard_interval
+    is the 90% range for the leaderboard score: the bootstrap's spread and the gap's, added in quadrature."""
     if result.get("cv_score") is None:
         return result
     kind = result.get("cv_score_kind", "").removesuffix("+offset")
     raw = result.get("cv_before_offset", result["cv_score"])
     moved = result.get("cv_offset") or 0.0
-    out = {k: v for k, v in result.items() if k != "cv_before_offset"}
+    dropped = ("cv_before_offset", "cv_offset_sd", "cv_leaderboard_interval")
+    out = {k: v for k, v in result.items() if k not in dropped}
     out.update({"cv_offset": offset or 0.0, "cv_score": raw + offset, "cv_score_kind": kind + ("+offset" if offset else "")})
     if result.get("cv_interval"):
         out["cv_interval"] = [v - moved + offset for v in result["cv_interval"]]
     if offset:
         out["cv_before_offset"] = raw
+    if offset_sd and out.get("cv_interval"):
+        out["cv_offset_sd"] = offset_sd
+        out["cv_leaderboard_interval"] = leaderboard_interval(out["cv_score"], out["cv_interval"], offset_sd)
     return out
+
+
+Z90 = 1.6449  # the normal quantile of a two-sided 90% interval
+
+
+def leaderboard_interval(score: float, interval: list[float], offset_sd: float) -> list[float]:
+    """score +- Z90 * sqrt(bootstrap sd^2 + offset_sd^2), the bootstrap sd read off its 90% interval."""
+    boot_sd = (interval[1] - interval[0]) / (2 * Z90)
+    half = Z90 * float(np.hypot(boot_sd, offset_sd))
+    return [score - half, score + half]
+
+
+def leaderboard_note(result: dict) -> str:
+    """The log's words for cv_leaderboard_interval, or nothing where no offset sd is configured."""
+    if not result.get("cv_leaderboard_interval"):
+        return ""
+    low, high = result["cv_leaderboard_interval"]
+    return f"; leaderboard 90% {low:.4f}..{high:.4f} (the simulated gap's sd {result['cv_offset_sd']:.3f} included)"
 
 
 def _test_matched(cfg: Config, table, stems, image_states, test_stems, scored, pooled_score) -> dict:
