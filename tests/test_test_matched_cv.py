@@ -36,8 +36,9 @@ def test_with_offset_moves_the_score_and_interval_and_replaces_an_earlier_offset
 def test_offset_sd_widens_the_interval_into_the_leaderboard_range():
     raw = {"cv_score": 0.50, "cv_interval": [0.45, 0.55], "cv_score_kind": "test_matched"}
     a = with_offset(raw, 0.08, 0.026)
-    boot_sd = 0.10 / (2 * 1.6449)  # the bootstrap sd behind a 90% interval 0.10 wide
-    half = 1.6449 * (boot_sd ** 2 + 0.026 ** 2) ** 0.5
+    z = 1.6448536  # the normal's 95th percentile
+    boot_sd = 0.10 / (2 * z)  # the bootstrap sd behind a 90% interval 0.10 wide
+    half = z * (boot_sd ** 2 + 0.026 ** 2) ** 0.5
     assert a["cv_leaderboard_interval"] == pytest.approx([0.58 - half, 0.58 + half], abs=1e-6)
     assert a["cv_interval"] == pytest.approx([0.53, 0.63]) and a["cv_offset_sd"] == 0.026
     wider = with_offset(raw, 0.08, 0.05)["cv_leaderboard_interval"]
