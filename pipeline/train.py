@@ -57,7 +57,7 @@ def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> d
         if tc.init_from:
             _init_from(model, cfg)
         optimizer = build_optimizer(model, tc)
-        train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt, _rare(cfg, stats))
+        train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt, _rare(cfg, stats), _pasted(cfg, stats))
         loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index,
                              cfg.competition.multilabel).to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
@@ -121,6 +121,15 @@ def _rare(cfg: Config, stats) -> list[int]:
     return rare
 
 
+def _pasted(cfg: Config, stats) -> list[int]:
+    if not cfg.train.class_paste:
+        return []
+    names = cfg.train.paste_classes or cfg.train.rare_classes
+    pasted = [cfg.data.classes.index(n) for n in names] or rarest_classes(stats)
+    log.info("  class paste (p=%.2f): %s", cfg.train.class_paste, ", ".join(cfg.data.classes[c] for c in pasted))
+    return pasted
+
+
 CROPS = ("RandomCrop", "CenterCrop", "Crop", "RandomSizedCrop", "RandomResizedCrop", "CropNonEmptyMaskIfExists",
          "RandomCropNearBBox", "BBoxSafeRandomCrop", "AtLeastOneBBoxRandomCrop")
 
@@ -138,7 +147,7 @@ def check_augment_sizes(tc, records, where: str) -> None:
                               f"({h}x{w} after train.resize): use train.crop (it pads) or a smaller crop")
 
 
-def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]):
+def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int], pasted: list[int]):
     tc, dist = cfg.train, rt.dist
     check_augment_sizes(tc, [pool.records[i] for i in train_idx], "training")
     norm = input_norm(cfg.model.encoder_name, cfg.model.arch)
@@ -149,7 +158,7 @@ def _loaders(cfg: Config, pool, train_idx, val_idx, rt: Runtime, rare: list[int]
         cache = DecodedCache(pool, cfg.out_dir / "cache" / "decoded", bg, cfg.data.ignore_index)
         train_ds = TileDataset(cache, train_idx, tc.tile, tc.tiles_per_image, tc.tile_fg, transform, seed=cfg.runtime.seed)
     else:
-        train_ds = SegDataset(pool, train_idx, transform, seed=cfg.runtime.seed)
+        train_ds = SegDataset(pool, train_idx, transform, seed=cfg.runtime.seed, paste=tc.class_paste, paste_classes=pasted)
     sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                               seed=cfg.runtime.seed, drop_last=dist.world > 1), len(train_ds))
     drop_last = len(train_ds) // dist.world > tc.batch_size  # a batch of one breaks batch norm

@@ -154,6 +154,10 @@ class TrainConfig:
     augment: tuple[dict, ...] = ()  # albumentations transforms by class name, train only
     rare_crop: float = bounded(0.0, 0, 1)  # share of training crops that contain pixels of a rare class (needs train.crop)
     rare_classes: tuple[str, ...] = ()  # default: the third of the classes with the fewest training pixels
+    # share of training images onto which another training image's pixels of train.paste_classes are
+    # copied, with their labels, at the same place (ClassMix-style), before the augmentations
+    class_paste: float = bounded(0.0, 0, 1)
+    paste_classes: tuple[str, ...] = ()  # default: train.rare_classes (or their default)
     max_steps_per_epoch: int | None = None  # >= 1 (checked with its own message)
     trackers: tuple[str, ...] = ()  # besides metrics.csv: tensorboard | mlflow
     mlflow_uri: str | None = None  # default: file store <outputs>/mlruns (`mlflow ui --backend-store-uri` it)

@@ -59,9 +59,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.max_steps_per_epoch: {t.max_steps_per_epoch} trains nothing; use null or >= 1")
     if not 0 <= t.rare_crop <= 1 or (t.rare_crop and not t.crop):
         raise ConfigError(f"train.rare_crop: {t.rare_crop} must be in 0..1 and needs train.crop")
-    for name in t.rare_classes:
-        if name not in d.classes:
-            raise ConfigError(f"train.rare_classes: {name!r} is not a class")
+    for key, names in (("rare_classes", t.rare_classes), ("paste_classes", t.paste_classes)):
+        for name in names:
+            if name not in d.classes:
+                raise ConfigError(f"train.{key}: {name!r} is not a class (classes: {', '.join(d.classes)})")
     if not 0 < cfg.pseudo.threshold <= 1:
         raise ConfigError(f"pseudo.threshold: {cfg.pseudo.threshold} must be in (0, 1]")
     if t.refit_epochs is not None and t.refit_epochs < 1:
@@ -121,6 +122,9 @@ def _validate_task(cfg: Config) -> None:
     if multilabel and t.rare_crop:
         raise ConfigError("train.rare_crop picks crops by class index, not class bits: not for the multilabel task "
                           "(train.tile with train.tile_fg centres windows on any class)")
+    if t.class_paste and (multilabel or t.tile):
+        raise ConfigError("train.class_paste copies single-label class pixels between whole images: not for the "
+                          "multilabel task or train.tile")
     wrong = {"ce"} if multilabel else {"bce"}
     for term in t.losses:
         if term.name in wrong:

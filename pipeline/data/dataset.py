@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.data.paste import paste_classes, paste_donor
 from pipeline.data.sources import Source
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # (mean, std); an encoder may need its own
@@ -59,9 +60,14 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class SegDataset(Dataset):
-    def __init__(self, source: Source, indices, transform: A.Compose, seed: int = 0, with_mask: bool = True):
+    """`paste`: the share of items onto which another item's pixels of `paste` classes are copied
+    before the augmentations (train.class_paste; training only)."""
+
+    def __init__(self, source: Source, indices, transform: A.Compose, seed: int = 0, with_mask: bool = True,
+                 paste: float = 0.0, paste_classes: tuple[int, ...] = ()):
         self.source, self.indices, self.transform = source, list(indices), transform
         self.seed, self.with_mask = seed, with_mask
+        self.paste, self.paste_classes = (paste, tuple(paste_classes)) if paste_classes else (0.0, ())
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -72,7 +78,13 @@ class SegDataset(Dataset):
         image = self.source.image(i)
         self.transform.set_random_seed(self.seed * 1_000_003 + epoch * 10_007 + k)
         if self.with_mask:
-            out = self.transform(image=image, mask=self.source.mask(i))
+            mask = self.source.mask(i)
+            j = paste_donor(self.seed, epoch, k, len(self.indices), self.paste)
+            if j is not None:
+                donor = self.indices[j]
+                image, mask = paste_classes(image, mask, self.source.image(donor), self.source.mask(donor),
+                                            self.paste_classes)
+            out = self.transform(image=image, mask=mask)
             return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
         return to_tensor(self.transform(image=image)["image"]), i
 
