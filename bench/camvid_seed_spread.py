@@ -23,12 +23,14 @@ from common import REPO
 METRICS = ("miou", "Pole", "SignSymbol", "Pedestrian", "Bicyclist")
 
 
-def scored_variants(fold: int) -> dict[str, tuple[dict, dict]]:
+def scored_variants(fold: int, cpu: str | None = None) -> dict[str, tuple[dict, dict]]:
     """exp -> (its by_alpha scores, the machine that scored it), from every stored ablation of the
-    fold (the newest where one repeats)."""
+    fold (the newest where one repeats); `cpu`: only those scored on that CPU family/model ("6/207")."""
     found = {}
     for path in sorted((REPO / "bench" / "results").glob(f"camvid_fold{fold}_ablation*.json")):
         result = json.loads(path.read_text())
+        if cpu and result.get("machine", {}).get("cpu_family_model") != cpu:
+            continue
         when = result.get("when", "")
         for v in result["variants"]:
             if v["exp"] not in found or when >= found[v["exp"]][0]:
@@ -52,11 +54,13 @@ def main():
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--seeds", nargs="+", required=True, help="the same recipe under different seeds")
     p.add_argument("--variants", nargs="*", default=[], help="screened recipes to set against the seeds")
+    p.add_argument("--cpu", default=None, help='only ablations scored on this CPU family/model, e.g. "6/207" '
+                   "(the same experiment names were screened on several machines)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if len(a.seeds) < 2:
         raise SystemExit("--seeds needs two runs of the recipe at least: one run has no spread")
-    found = scored_variants(a.fold)
+    found = scored_variants(a.fold, a.cpu)
     missing = [e for e in [*a.seeds, *a.variants] if e not in found]
     if missing:
         raise SystemExit(f"no fold-{a.fold} ablation result for {', '.join(missing)}: run bench/camvid_fold_ablation.py first")
@@ -77,7 +81,8 @@ def main():
             rows.append(row)
     result = {"bench": "camvid_seed_spread", "fold": a.fold, "seeds": a.seeds,
               "command": f"python bench/camvid_seed_spread.py --fold {a.fold} --seeds {' '.join(a.seeds)}"
-                         + (f" --variants {' '.join(a.variants)}" if a.variants else "") + (f" --out {a.out}" if a.out else ""),
+                         + (f" --variants {' '.join(a.variants)}" if a.variants else "") + (f" --cpu {a.cpu}" if a.cpu else "")
+                         + (f" --out {a.out}" if a.out else ""),
               "legend": "score (difference from the seeds' mean); * outside the 90% interval of one more seed",
               "machine": found[a.seeds[0]][1], "when": time.strftime("%Y-%m-%d %H:%M"), "results": rows}
     out = Path(a.out) if a.out else REPO / "bench" / "results" / f"camvid_fold{a.fold}_seed_spread.json"

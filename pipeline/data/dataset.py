@@ -60,7 +60,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class SegDataset(Dataset):
-    """`paste`: the share of items onto which another item's pixels of `paste` classes are copied
+    """`paste`: the share of items onto which another item's pixels of `paste_classes` are copied
     before the augmentations (train.class_paste; training only)."""
 
     def __init__(self, source: Source, indices, transform: A.Compose, seed: int = 0, with_mask: bool = True,
