@@ -57,7 +57,10 @@ def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> d
         if tc.init_from:
             _init_from(model, cfg)
         optimizer = build_optimizer(model, tc)
-        train_loader, val_loader = _loaders(cfg, pool, train_idx, val_idx, rt, _rare(cfg, stats), _pasted(cfg, stats))
+        train_loader, val_loader = _loaders(
+            cfg, pool, train_idx, val_idx, rt,
+            rare=_chosen_classes(cfg, stats, "rare-class crops", tc.rare_crop, tc.rare_classes),
+            pasted=_chosen_classes(cfg, stats, "class paste", tc.class_paste, tc.paste_classes or tc.rare_classes))
         loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index,
                              cfg.competition.multilabel).to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
@@ -113,21 +116,14 @@ def _hooks(cfg: Config, run_dir, dist: DistInfo) -> list[Hook]:
     return hooks
 
 
-def _rare(cfg: Config, stats) -> list[int]:
-    if not cfg.train.rare_crop:
+def _chosen_classes(cfg: Config, stats, what: str, share: float, names) -> list[int]:
+    """The classes a sampling option aims at (rare-class crops, class paste): those named, else the
+    rarest third of this fold's training pixels; none where the option is off."""
+    if not share:
         return []
-    rare = [cfg.data.classes.index(n) for n in cfg.train.rare_classes] or rarest_classes(stats)
-    log.info("  rare-class crops (p=%.2f): %s", cfg.train.rare_crop, ", ".join(cfg.data.classes[c] for c in rare))
-    return rare
-
-
-def _pasted(cfg: Config, stats) -> list[int]:
-    if not cfg.train.class_paste:
-        return []
-    names = cfg.train.paste_classes or cfg.train.rare_classes
-    pasted = [cfg.data.classes.index(n) for n in names] or rarest_classes(stats)
-    log.info("  class paste (p=%.2f): %s", cfg.train.class_paste, ", ".join(cfg.data.classes[c] for c in pasted))
-    return pasted
+    chosen = [cfg.data.classes.index(n) for n in names] or rarest_classes(stats)
+    log.info("  %s (p=%.2f): %s", what, share, ", ".join(cfg.data.classes[c] for c in chosen))
+    return chosen
 
 
 CROPS = ("RandomCrop", "CenterCrop", "Crop", "RandomSizedCrop", "RandomResizedCrop", "CropNonEmptyMaskIfExists",
