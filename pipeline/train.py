@@ -38,8 +38,10 @@ def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> d
     if cfg.fold == REFIT and cfg.train.refit_epochs:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.train.refit_epochs))
     dist = args.dist
-    tc, rt = cfg.train, Runtime.create(cfg.runtime, dist)
     pool, table = labelled_pool(cfg)
+    if cfg.fold == REFIT and cfg.train.refit_init:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=refit_start(cfg, table)))
+    tc, rt = cfg.train, Runtime.create(cfg.runtime, dist)
     train_idx, val_idx = fold_indices(table, cfg.fold, str(cfg.folds_csv))
     pseudo = None
     if cfg.train.pseudo:
@@ -88,6 +90,22 @@ def _init_from(model, cfg: Config) -> None:
     except RuntimeError as e:
         raise TrainingError(f"train.init_from={src}: {path} does not fit this model: {str(e).splitlines()[0]}") from None
     log.info("  initialised from %s (epoch %s, val score %s)", path, state.get("epoch"), state.get("val_score"))
+
+
+def refit_start(cfg: Config, table) -> str:
+    """The fold run (`<exp>/fold<k>`) that `train.refit_init` names; largest_fold: the one trained
+    on the most images (the lowest fold number among equals)."""
+    choice = cfg.train.refit_init
+    if choice == "largest_fold":
+        folds = sorted(int(k) for k in set(table["fold"]) if k >= 0)
+        k = max(folds, key=lambda f: (len(fold_indices(table, f)[0]), -f))
+    else:
+        k = int(choice.removeprefix("fold"))
+        fold_indices(table, k, str(cfg.folds_csv))  # names the folds there are
+    if not (cfg.run_dir(fold=k) / "best.pt").exists():
+        raise TrainingError(f"train.refit_init={choice}: {cfg.run_dir(fold=k) / 'best.pt'} does not exist; "
+                            f"train fold {k} first (`make train-all` trains the folds before the refit)")
+    return f"{cfg.exp}/fold{k}"
 
 
 def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:

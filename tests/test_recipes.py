@@ -71,6 +71,39 @@ def test_refit_epochs_shorten_the_refit_only_and_resume_the_folds(cfg_of, caplog
         cfg_of("train.refit_epochs=0", name="re0")
 
 
+def test_refit_init_starts_the_refit_from_the_named_fold_model(cfg_of):
+    """`train.refit_init`: the refit begins at a fold model's weights (learning rate 0 keeps them, so
+    its last weights are that fold's and not another's); largest_fold picks the fold trained on the
+    most images; a missing fold model or an unknown value is named."""
+    from pipeline.data.pool import fold_indices, labelled_pool
+    from pipeline.errors import ConfigError, TrainingError
+
+    for k in range(3):
+        train.run(cfg_of("folds.k=3", fold=k, name="ri"))
+    weights = [torch.load(cfg_of("folds.k=3", fold=k, name="ri").run_dir() / "best.pt", weights_only=False)["model"]
+               for k in range(3)]
+    params = [k for k in weights[0] if "running" not in k and "num_batches" not in k]
+    refit = cfg_of("folds.k=3", "infer.refit=with", "train.refit_init=fold1", "train.refit_epochs=1",
+                   "train.lr_encoder=0", "train.lr_decoder=0", fold=REFIT, name="ri")
+    train.run(refit)
+    last = torch.load(refit.run_dir() / "last.pt", weights_only=False)
+    assert all(torch.equal(weights[1][k], last["model"][k]) for k in params)
+    assert not all(torch.equal(weights[0][k], last["model"][k]) for k in params)
+    assert "init_from: ri/fold1" in (refit.run_dir() / "config.yaml").read_text()
+
+    _, table = labelled_pool(refit)
+    sizes = [len(fold_indices(table, k)[0]) for k in range(3)]
+    largest = sizes.index(max(sizes))
+    assert train.refit_start(cfg_of("folds.k=3", "infer.refit=with", "train.refit_init=largest_fold", fold=REFIT,
+                                    name="ri"), table) == f"ri/fold{largest}"
+    with pytest.raises(TrainingError, match="train.refit_init=fold2: .*nofolds/fold2/best.pt does not exist"):
+        train.run(cfg_of("folds.k=3", "infer.refit=with", "train.refit_init=fold2", fold=REFIT, name="nofolds"))
+    with pytest.raises(ConfigError, match="train.refit_init: 'best' must be largest_fold or fold<k>"):
+        cfg_of("infer.refit=with", "train.refit_init=best", name="bad")
+    with pytest.raises(ConfigError, match="train.refit_init: .*infer.refit=off"):
+        cfg_of("train.refit_init=fold0", name="off")
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_train_all_under_torchrun_one_rank_writes_the_pseudo_labels(cfg_of, monkeypatch, rank):
     """Rank zero labels the test images, every rank waits at the barrier, and only then does any rank

@@ -145,6 +145,10 @@ class TrainConfig:
     # pseudo-labelled test images), about twice a fold's images per epoch
     refit_epochs: int | None = None  # >= 1 (checked with its own message)
     refit_pseudo: bool = False  # the full-data refit also trains on this experiment's pseudo-labels of the test images (train-all makes them with the fold ensemble)
+    # the full-data refit starts from one of this experiment's fold models instead of the pretrained
+    # encoder: largest_fold (the fold model trained on the most images) or fold<k>; a short refit then
+    # adds every labelled image (and the pseudo-labels) to a model that has already converged
+    refit_init: str | None = None
     init_from: str | None = None  # start from another run's weights: "<exp>/fold<k>", "<exp>/all" or a .pt file
     patience: int | None = bounded(None, 1)  # early stopping, in validations without a better val score (competition.metric)
     val_every: int = bounded(1, 1)  # validate every N epochs (and always after the last)

@@ -70,6 +70,12 @@ def validate(cfg: Config) -> None:
     if t.refit_pseudo and cfg.infer.refit == "off":
         raise ConfigError("train.refit_pseudo: the pseudo-labels train the full-data refit, which infer.refit=off "
                           "leaves out; set infer.refit to with or only")
+    if t.refit_init is not None and not re.fullmatch(r"largest_fold|fold[0-9]+", t.refit_init):
+        raise ConfigError(f"train.refit_init: {t.refit_init!r} must be largest_fold or fold<k> (one of this "
+                          "experiment's fold models), or null (the pretrained encoder)")
+    if t.refit_init is not None and cfg.infer.refit == "off":
+        raise ConfigError("train.refit_init: it starts the full-data refit, which infer.refit=off leaves out; "
+                          "set infer.refit to with or only")
     if not 0 <= t.swa_epochs <= min(t.epochs, t.refit_epochs or t.epochs):
         raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs}) "
                           f"and 0..train.refit_epochs ({t.refit_epochs})")

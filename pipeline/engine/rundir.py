@@ -20,8 +20,8 @@ log = get_logger("pipeline.train")
 FREE_TO_CHANGE = ("runtime.progress", "train.num_workers", "train.trackers", "train.mlflow_uri", "train.on_change",
                   "runtime.device", "runtime.compile", "data.root", "data.strict", "outputs", "submissions",
                   "infer.", "submission.", "pseudo.", "competition.bias_shrink",  # make tune's, after training
-                  # the refit records these two as train.pseudo and train.epochs, which are compared
-                  "train.refit_pseudo", "train.refit_epochs")
+                  # the refit records these as train.pseudo, train.epochs and train.init_from, which are compared
+                  "train.refit_pseudo", "train.refit_epochs", "train.refit_init")
 
 
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
