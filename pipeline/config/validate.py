@@ -65,17 +65,7 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"train.{key}: {name!r} is not a class (classes: {', '.join(d.classes)})")
     if not 0 < cfg.pseudo.threshold <= 1:
         raise ConfigError(f"pseudo.threshold: {cfg.pseudo.threshold} must be in (0, 1]")
-    if t.refit_epochs is not None and t.refit_epochs < 1:
-        raise ConfigError(f"train.refit_epochs: {t.refit_epochs} trains nothing; use null (train.epochs) or >= 1")
-    if t.refit_pseudo and cfg.infer.refit == "off":
-        raise ConfigError("train.refit_pseudo: the pseudo-labels train the full-data refit, which infer.refit=off "
-                          "leaves out; set infer.refit to with or only")
-    if t.refit_init is not None and not re.fullmatch(r"largest_fold|fold[0-9]+", t.refit_init):
-        raise ConfigError(f"train.refit_init: {t.refit_init!r} must be largest_fold or fold<k> (one of this "
-                          "experiment's fold models), or null (the pretrained encoder)")
-    if t.refit_init is not None and cfg.infer.refit == "off":
-        raise ConfigError("train.refit_init: it starts the full-data refit, which infer.refit=off leaves out; "
-                          "set infer.refit to with or only")
+    _validate_refit(cfg)
     if not 0 <= t.swa_epochs <= min(t.epochs, t.refit_epochs or t.epochs):
         raise ConfigError(f"train.swa_epochs: {t.swa_epochs} must be in 0..train.epochs ({t.epochs}) "
                           f"and 0..train.refit_epochs ({t.refit_epochs})")
@@ -93,6 +83,21 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.trackers: unknown tracker {name!r} ({', '.join(TRACKERS)})")
     for name in cfg.infer.tta:
         parse_tta(name)
+
+
+def _validate_refit(cfg: Config) -> None:
+    """The full-data refit's own settings; those that shape the refit need one (infer.refit)."""
+    t = cfg.train
+    if t.refit_epochs is not None and t.refit_epochs < 1:
+        raise ConfigError(f"train.refit_epochs: {t.refit_epochs} trains nothing; use null (train.epochs) or >= 1")
+    if t.refit_init is not None and not re.fullmatch(r"largest_fold|fold[0-9]+", t.refit_init):
+        raise ConfigError(f"train.refit_init: {t.refit_init!r} must be largest_fold or fold<k> (one of this "
+                          "experiment's fold models), or null (the pretrained encoder)")
+    for key, on, what in (("refit_pseudo", t.refit_pseudo, "the pseudo-labels train"),
+                          ("refit_init", t.refit_init is not None, "it starts")):
+        if on and cfg.infer.refit == "off":
+            raise ConfigError(f"train.{key}: {what} the full-data refit, which infer.refit=off leaves out; "
+                              "set infer.refit to with or only")
 
 
 def _validate_windows(cfg: Config) -> None:
