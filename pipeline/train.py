@@ -12,6 +12,7 @@ from pipeline.config.choices import CLASS_WEIGHTS
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import EpochSampler, PadCollate, SegDataset, eval_transform, train_transform
 from pipeline.data.pool import add_pseudo_labels, fold_indices, labelled_pool, read_folds
+from pipeline.data.sources import open_split
 from pipeline.data.stats import check_label_share, label_stats, median_frequency_weights, rarest_classes
 from pipeline.data.tiles import DecodedCache, GridTiles, TileDataset
 from pipeline.engine import checkpoint
@@ -31,8 +32,9 @@ from pipeline.models import build_model, input_norm
 log = get_logger(__name__)
 
 
-def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> dict:
-    """Train cfg.fold; `hooks` are added after the built-in ones (tests inject faults this way)."""
+def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = (), image_epochs_after: int = 0) -> dict:
+    """Train cfg.fold; `hooks` are added after the built-in ones (tests inject faults this way);
+    `image_epochs_after`: the work train-all has left after this run, for the time-left estimate."""
     if cfg.fold == REFIT and cfg.train.refit_pseudo and not cfg.train.pseudo:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, pseudo=cfg.exp))
     if cfg.fold == REFIT and cfg.train.refit_epochs:
@@ -66,8 +68,9 @@ def run(cfg: Config, args: StageArgs = StageArgs(), hooks: list[Hook] = ()) -> d
         loss_fn = build_loss(_class_weights(cfg, stats), cfg.data.num_classes, cfg.data.ignore_index,
                              cfg.competition.multilabel).to(rt.device)
         scheduler, per_step = build_scheduler(optimizer, tc, steps_per_epoch(len(train_loader), tc))
+        hooks = _hooks(cfg, run_dir, dist, len(train_idx), image_epochs_after) + list(hooks)
         trainer = Trainer(model, optimizer, scheduler, per_step, loss_fn, train_loader, val_loader, rt, tc,
-                          cfg.data.classes, competition_metric(cfg, rt.device), _hooks(cfg, run_dir, dist) + list(hooks))
+                          cfg.data.classes, competition_metric(cfg, rt.device), hooks)
         state = checkpoint.load_latest(run_dir)
         if state is not None:
             trainer.load_state_dict(state)
@@ -112,8 +115,11 @@ def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
     """Every fold of folds.csv in turn (fold -1 holds the images that train in every fold), then the
     full-data refit (key REFIT) when the recipe's inference uses one (`infer.refit: with | only`),
     after the fold ensemble has pseudo-labelled the test images if `train.refit_pseudo`."""
-    folds = sorted(int(k) for k in read_folds(cfg)["fold"].unique() if k >= 0)
-    out = {k: run(dataclasses.replace(cfg, fold=k), args) for k in folds}
+    table = read_folds(cfg)
+    folds = sorted(int(k) for k in table["fold"].unique() if k >= 0)
+    plan = list(_image_epochs(cfg, table, folds).items())  # the runs in the order they train
+    out = {k: run(dataclasses.replace(cfg, fold=k), args, image_epochs_after=sum(w for _, w in plan[i + 1:]))
+           for i, k in enumerate(folds)}
     if cfg.infer.refit != "off":
         if cfg.train.refit_pseudo:  # one writer under torchrun; the other ranks wait for its labels
             if args.dist.main:
@@ -124,13 +130,24 @@ def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
     return out
 
 
-def _hooks(cfg: Config, run_dir, dist: DistInfo) -> list[Hook]:
+def _image_epochs(cfg: Config, table, folds: list[int]) -> dict[int, int]:
+    """Training images x epochs of each run train-all makes, pseudo-labelled images included."""
+    tc = cfg.train
+    pseudo = len(open_split(cfg.data, cfg.pseudo.split, labelled=False)) if (tc.pseudo or tc.refit_pseudo) else 0
+    fold_pseudo = pseudo if tc.pseudo else 0
+    plan = {k: (int((table["fold"] != k).sum()) + fold_pseudo) * tc.epochs for k in folds}  # as fold_indices
+    if cfg.infer.refit != "off":
+        plan[REFIT] = (len(table) + pseudo) * (tc.refit_epochs or tc.epochs)
+    return plan
+
+
+def _hooks(cfg: Config, run_dir, dist: DistInfo, images: int, image_epochs_after: int) -> list[Hook]:
     hooks: list[Hook] = [EarlyStopping(cfg.train.patience)]  # every rank: the stop decision must agree
     if dist.main:
         hooks += [MetricsCSV(run_dir / "metrics.csv"), *(TRACKERS[n](cfg, run_dir) for n in cfg.train.trackers)]
         if cfg.train.swa_epochs:
             hooks.append(WeightAveraging(cfg.train.swa_epochs, run_dir, checkpoint_meta(cfg)))
-        hooks += [Checkpoint(run_dir, checkpoint_meta(cfg)), Plots(run_dir), ConsoleLog()]
+        hooks += [Checkpoint(run_dir, checkpoint_meta(cfg)), Plots(run_dir), ConsoleLog(images, image_epochs_after)]
     return hooks
 
 

@@ -43,10 +43,14 @@ def test_full_data_refit_trains_on_everything_and_joins_the_ensemble(cfg_of):
     assert only["models"] == ["r/all"] and only["cv_miou"] == pytest.approx(with_refit["cv_miou"])
 
 
-def test_train_all_trains_the_refit_the_recipe_infers_with(cfg_of):
+def test_train_all_trains_the_refit_the_recipe_infers_with(cfg_of, caplog):
     """A recipe with `infer.refit: with` runs `train-all` then `infer`: the refit must not be forgotten."""
+    caplog.set_level("INFO")
     out = train.run_all(cfg_of("folds.k=2", "infer.refit=with", name="ra"))
     assert sorted(out) == [REFIT, 0, 1]
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 6 and all("in train-all" in m for m in epochs[:4])  # the folds see the refit ahead
+    assert "in train-all" not in epochs[-1] and "left in this run" in epochs[-2]
     assert out[REFIT]["run_dir"].endswith("/all") and out[REFIT]["epochs"] == 2
     assert infer.run(cfg_of("folds.k=2", "infer.refit=with", name="ra"))["models"] == ["ra/fold0", "ra/fold1", "ra/all"]
     assert sorted(train.run_all(cfg_of("folds.k=2", name="plain"))) == [0, 1]  # no refit unless inference uses it
@@ -104,6 +108,44 @@ def test_refit_init_starts_the_refit_from_the_named_fold_model(cfg_of):
         cfg_of("train.refit_init=fold0", name="off")
 
 
+def test_train_all_tells_each_run_the_work_left_after_it(cfg_of, monkeypatch):
+    """The time-left estimate counts what train-all will still train after each run: the later folds'
+    images and the refit's (every labelled image and, with refit_pseudo, the test images) x its epochs."""
+    from pipeline.data.pool import fold_indices, labelled_pool
+    from pipeline.data.sources import open_split
+
+    after = {}
+    monkeypatch.setattr(train, "run", lambda cfg, args, image_epochs_after=0: after.update({cfg.fold: image_epochs_after}))
+    monkeypatch.setattr(train, "pseudo_label", lambda cfg, keep_probs: None)
+    cfg = cfg_of("folds.k=3", "infer.refit=with", "train.refit_pseudo=true", "train.epochs=5", "train.refit_epochs=2",
+                 name="eta")
+    train.run_all(cfg)
+    _, table = labelled_pool(cfg)
+    fold_images = [len(fold_indices(table, k)[0]) for k in range(3)]
+    refit = (len(table) + len(open_split(cfg.data, cfg.pseudo.split, labelled=False))) * 2
+    assert after == {0: (fold_images[1] + fold_images[2]) * 5 + refit, 1: fold_images[2] * 5 + refit, 2: refit,
+                     REFIT: 0}
+
+
+def test_the_epoch_line_says_the_time_left_in_the_run_and_in_train_all(caplog):
+    """The median of the epochs after the first, times the epochs left; train-all's later runs at this
+    run's seconds per image and epoch."""
+    from types import SimpleNamespace
+
+    from pipeline.engine.eta import duration, seconds_left
+    from pipeline.engine.hooks import ConsoleLog
+
+    caplog.set_level("INFO")
+    history = [{"epoch": e + 1, "train_loss": 1.0, "bad_steps": 0, "seconds": s} for e, s in enumerate([30, 10, 12, 10])]
+    trainer = SimpleNamespace(history=history, epoch=4, tc=SimpleNamespace(epochs=10), validated=False)
+    ConsoleLog(images=100, image_epochs_after=2000).after_epoch(trainer)
+    assert caplog.records[-1].getMessage().endswith("(10.0s; ~1 min left in this run, ~4 min in train-all)")  # 60 s, 260 s
+    ConsoleLog().after_epoch(trainer)
+    assert caplog.records[-1].getMessage().endswith("(10.0s; ~1 min left in this run)")
+    assert seconds_left([], 3) is None and seconds_left([50.0], 2, 10, 100) == (100.0, 600.0)
+    assert [duration(s) for s in (44.6, 90, 3569, 3599, 11100)] == ["45 s", "2 min", "59 min", "1h00m", "3h05m"]
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_train_all_under_torchrun_one_rank_writes_the_pseudo_labels(cfg_of, monkeypatch, rank):
     """Rank zero labels the test images, every rank waits at the barrier, and only then does any rank
@@ -117,7 +159,7 @@ def test_train_all_under_torchrun_one_rank_writes_the_pseudo_labels(cfg_of, monk
         def barrier(self):
             events.append("barrier")
 
-    monkeypatch.setattr(train, "run", lambda cfg, args: events.append(f"train {cfg.fold}") or {})
+    monkeypatch.setattr(train, "run", lambda cfg, args, **_: events.append(f"train {cfg.fold}") or {})
     monkeypatch.setattr(train, "pseudo_label", lambda cfg, keep_probs: events.append(
         f"pseudo refit={cfg.infer.refit} keep_probs={keep_probs}"))
     monkeypatch.setattr(train.Runtime, "create", staticmethod(lambda rc, dist: FakeRuntime()))

@@ -13,6 +13,7 @@ import pandas as pd
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from pipeline.engine import checkpoint
+from pipeline.engine.eta import duration, seconds_left
 from pipeline.engine.runtime import get_logger
 from pipeline.io import save_figure, write_text
 
@@ -167,15 +168,25 @@ class Plots(Hook):
 
 
 class ConsoleLog(Hook):
+    """One line per epoch, with the time left: in this run, and under train-all in the runs after it
+    (`image_epochs_after`: their training images x epochs; this run trains on `images`)."""
     name = "console"
+
+    def __init__(self, images: int = 0, image_epochs_after: int = 0):
+        self.images, self.image_epochs_after = images, image_epochs_after
 
     def after_epoch(self, trainer) -> None:
         r = trainer.history[-1]
         val = (f"val loss {r['val_loss']:.4f}  val {trainer.meter.name} {r['val_score']:.4f}{' *' if trainer.improved else ''}"
                if trainer.validated else "(no validation)")
         skipped = f", {r['bad_steps']} skipped steps" if r["bad_steps"] else ""
-        log.info("epoch %d/%d  train loss %.4f  %s  (%.1fs%s)", r["epoch"], trainer.tc.epochs, r["train_loss"], val,
-                 r["seconds"], skipped)
+        left = seconds_left([h["seconds"] for h in trainer.history], trainer.tc.epochs - trainer.epoch, self.images,
+                            self.image_epochs_after)
+        left = "" if left is None else "".join((
+            f"; ~{duration(left[0])} left in this run" if left[0] else "",
+            f"{',' if left[0] else ';'} ~{duration(left[1])} in train-all" if self.image_epochs_after else ""))
+        log.info("epoch %d/%d  train loss %.4f  %s  (%.1fs%s%s)", r["epoch"], trainer.tc.epochs, r["train_loss"],
+                 val, r["seconds"], skipped, left)
 
     def after_train(self, trainer) -> None:
         if trainer.stop_reason:
