@@ -135,9 +135,10 @@ def _image_epochs(cfg: Config, table, folds: list[int]) -> dict[int, int]:
     tc = cfg.train
     pseudo = len(open_split(cfg.data, cfg.pseudo.split, labelled=False)) if (tc.pseudo or tc.refit_pseudo) else 0
     fold_pseudo = pseudo if tc.pseudo else 0
-    plan = {k: (int((table["fold"] != k).sum()) + fold_pseudo) * tc.epochs for k in folds}  # as fold_indices
+    table = table.assign(index=range(len(table)))  # only the counts matter: positions stand in for pool indices
+    plan = {k: (len(fold_indices(table, k)[0]) + fold_pseudo) * tc.epochs for k in folds}
     if cfg.infer.refit != "off":
-        plan[REFIT] = (len(table) + pseudo) * (tc.refit_epochs or tc.epochs)
+        plan[REFIT] = (len(fold_indices(table, REFIT)[0]) + pseudo) * (tc.refit_epochs or tc.epochs)
     return plan
 
 
