@@ -5,7 +5,7 @@ from pipeline.config import LossTerm, ModelConfig, TrainConfig
 from pipeline.engine.losses import build_loss
 from pipeline.models import build_model
 from pipeline.models.registry import WeightsError
-from pipeline.errors import ParamGroupError
+from pipeline.errors import ConfigError, ParamGroupError
 from pipeline.engine.optim import build_optimizer, check_param_groups, param_groups
 from helpers import ARCHS
 
@@ -107,6 +107,51 @@ def test_combined_loss_weights():
     dice = build_loss((LossTerm("dice"),), 3, 255)(logits, target)
     both = build_loss((LossTerm("ce", 2.0), LossTerm("dice", 0.5)), 3, 255)(logits, target)
     assert torch.allclose(both, 2 * ce + 0.5 * dice)
+
+
+def _ohem(thresh, min_kept=0, weights=None):
+    params = {"ohem_thresh": thresh, "ohem_min_kept": min_kept}
+    if weights:
+        params["class_weights"] = weights
+    return build_loss((LossTerm("ce", params=params),), 3, 255)
+
+
+def test_ohem_ce_counts_only_the_hard_pixels():
+    torch.manual_seed(0)
+    logits, target = 0.1 * torch.randn(2, 3, 6, 6), torch.randint(0, 3, (2, 6, 6))  # every p about 1/3: hard
+    target[0, 0] = 255
+    easy = torch.zeros_like(target, dtype=torch.bool)
+    easy[:, 3:] = True  # these pixels' true class gets a probability near 1
+    logits = logits + 20.0 * torch.nn.functional.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2) * easy.unsqueeze(1)
+    weights = [0.5, 1.0, 2.0]
+    hard_only = target.masked_fill(easy & (target != 255), 255)
+    plain = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights), ignore_index=255)
+    assert torch.allclose(_ohem(0.7, weights=weights)(logits, target), plain(logits, hard_only))
+    # every labelled pixel kept (min_kept covers them all): the plain weighted CE
+    assert torch.allclose(_ohem(0.7, 72, weights)(logits, target), plain(logits, target))
+    # the easy pixels get no gradient
+    x = logits.clone().requires_grad_(True)
+    _ohem(0.7)(x, target).backward()
+    assert x.grad[:, :, 3:].abs().max() == 0 and x.grad[:, :, :3].abs().max() > 0
+
+
+def test_ohem_ce_keeps_at_least_min_kept_hardest():
+    torch.manual_seed(1)
+    logits, target = torch.randn(1, 3, 5, 5), torch.randint(0, 3, (1, 5, 5))
+    prob = torch.softmax(logits, 1).gather(1, target.unsqueeze(1)).squeeze(1)
+    hardest = prob.flatten().argsort()[:7]  # distinct probabilities: exactly these seven count
+    kept = torch.full_like(target, 255).flatten()
+    kept[hardest] = target.flatten()[hardest]
+    expect = torch.nn.functional.cross_entropy(logits, kept.view_as(target), ignore_index=255)
+    assert torch.allclose(_ohem(1e-6, 7)(logits, target), expect)
+
+
+@pytest.mark.parametrize("params,message", [({"ohem_min_kept": 10}, "needs ce.ohem_thresh"),
+                                            ({"ohem_thresh": 1.5}, "must be in"),
+                                            ({"ohem_thresh": 0.7, "ohem_min_kept": -1}, "must be in")])
+def test_ohem_ce_config_errors(params, message):
+    with pytest.raises(ConfigError, match=message):
+        build_loss((LossTerm("ce", params=params),), 3, 255)
 
 
 def test_median_frequency_weights():

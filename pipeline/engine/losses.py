@@ -57,15 +57,45 @@ class Combined(nn.Module):
         return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.losses))
 
 
+class _Ohem(nn.Module):
+    """Online hard example mining (mmseg's OHEMPixelSampler): only the pixels whose probability of
+    their true class is below `thresh` count, and at least the `min_kept` hardest of the batch's
+    labelled pixels; the rest are ignored. Thin structures (poles, signs) are where those pixels are."""
+
+    def __init__(self, loss: nn.Module, thresh: float, min_kept: int, ignore_index: int):
+        super().__init__()
+        self.loss, self.thresh, self.min_kept, self.ignore_index = loss, thresh, min_kept, ignore_index
+
+    def forward(self, logits, target):
+        with torch.no_grad():
+            labelled = target != self.ignore_index
+            true = target.masked_fill(~labelled, 0).long().unsqueeze(1)
+            prob = torch.softmax(logits.float(), 1).gather(1, true).squeeze(1).masked_fill(~labelled, 2.0)
+            hard = prob < self.thresh
+            n = int(labelled.sum())
+            if n and self.min_kept > 0:
+                hard |= prob <= prob.flatten().kthvalue(min(self.min_kept, n)).values
+        return self.loss(logits, target.masked_fill(labelled & ~hard, self.ignore_index))
+
+
 def _ce(p: dict, num_classes: int, ignore_index: int, multilabel: bool) -> nn.Module:
     weight = p.pop("class_weights", None)
     if weight is not None and len(weight) != num_classes:
         raise ConfigError(f"train.losses ce.class_weights: {len(weight)} values for {num_classes} classes")
     loss = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32) if weight else None,
                                ignore_index=ignore_index, label_smoothing=float(p.pop("label_smoothing", 0.0)))
+    ohem_thresh, min_kept = p.pop("ohem_thresh", None), int(p.pop("ohem_min_kept", 0))
     if p:
         raise ConfigError(f"train.losses ce: unknown parameter(s) {sorted(p)}")
-    return loss
+    if ohem_thresh is None:
+        if min_kept:
+            raise ConfigError("train.losses ce.ohem_min_kept needs ce.ohem_thresh")
+        return loss
+    if multilabel:
+        raise ConfigError("train.losses ce.ohem_thresh: hard-pixel mining is for single-label tasks")
+    if not 0.0 < float(ohem_thresh) <= 1.0 or min_kept < 0:
+        raise ConfigError(f"train.losses ce: ohem_thresh {ohem_thresh} must be in (0, 1], ohem_min_kept {min_kept} >= 0")
+    return _Ohem(loss, float(ohem_thresh), min_kept, ignore_index)
 
 
 def _bce(p, num_classes, ignore_index, multilabel):
