@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import REPO, machine
+from common import FOLDS_ONLY, REPO, machine
 
 ALPHAS = (0.0, 0.5, 0.7)
 THIN = ("Pole", "SignSymbol", "Pedestrian", "Bicyclist")
@@ -41,7 +41,7 @@ def score_variant(spec: str, fold: int, alphas=ALPHAS) -> dict:
     from pipeline.inference.tta import build_tta
 
     exps = spec.split("+")
-    overrides = [f"infer.folds=[{fold}]", "infer.refit=off", "train.refit_pseudo=false", "infer.save_probs=true",
+    overrides = [f"infer.folds=[{fold}]", *FOLDS_ONLY, "infer.save_probs=true",
                  "runtime.progress=false", f"infer.experiments=[{','.join(exps)}]"]  # this fold's models, probabilities kept
     cfg = load_config("camvid", "unet", exps[0], overrides, fold, REPO / "configs")
     by_fold, _ = find_members(cfg)  # infer.folds: it names each experiment that lacks the fold's model

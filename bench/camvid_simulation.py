@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, invocation, machine
+from common import FOLDS_ONLY, REPO, SHARED, invocation, machine
 
 CAMVID = SHARED / "camvid"
 DRIVES = ("0001TP", "0006R0", "0016E5")  # the labelled drives (train and val splits together)
@@ -118,7 +118,7 @@ def pseudo_labelled_refit(exp: str, extra: list[str], out: Path) -> tuple[list[s
         (pl / fold.name).parent.mkdir(parents=True, exist_ok=True)
         if not (pl / fold.name).exists():
             (pl / fold.name).symlink_to(fold.resolve(), target_is_directory=True)
-    seconds = {"pseudo": stage("pseudo", exp, [*extra, "infer.refit=off", "train.refit_pseudo=false"], out)}
+    seconds = {"pseudo": stage("pseudo", exp, [*extra, *FOLDS_ONLY], out)}
     named = [e for e in extra if not e.startswith("name=")] + [f"name={cfg.exp}_pl"]
     if not (pl / "all" / "best.pt").exists():
         seconds["train_refit"] = stage("train", exp, ["fold=all", f"train.pseudo={cfg.exp}", *named], out)

@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 SHARED = REPO.parent / "shared" / "datasets"
+# overrides that leave a recipe with its fold models only: no full-data refit, so none of its settings
+# (a recipe whose refit starts from a fold model or trains on pseudo-labels is refused without them)
+FOLDS_ONLY = ["infer.refit=off", "train.refit_pseudo=false", "train.refit_init=null"]
 
 
 def machine() -> dict:
