@@ -131,14 +131,20 @@ def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
 
 
 def _image_epochs(cfg: Config, table, folds: list[int]) -> dict[int, int]:
-    """Training images x epochs of each run train-all makes, pseudo-labelled images included."""
+    """Training images x epochs still to train in each run train-all makes, pseudo-labelled images
+    included; the epochs a run's checkpoint holds (a resumed or finished run) are done."""
     tc = cfg.train
     pseudo = len(open_split(cfg.data, cfg.pseudo.split, labelled=False)) if (tc.pseudo or tc.refit_pseudo) else 0
     fold_pseudo = pseudo if tc.pseudo else 0
     table = table.assign(index=range(len(table)))  # only the counts matter: positions stand in for pool indices
-    plan = {k: (len(fold_indices(table, k)[0]) + fold_pseudo) * tc.epochs for k in folds}
+
+    def epochs_left(k: int, epochs: int) -> int:
+        state = checkpoint.load_latest(cfg.run_dir(fold=k))
+        return max(0, epochs - (state["epoch"] + 1 if state else 0))  # the checkpoint's epoch counts from 0
+
+    plan = {k: (len(fold_indices(table, k)[0]) + fold_pseudo) * epochs_left(k, tc.epochs) for k in folds}
     if cfg.infer.refit != "off":
-        plan[REFIT] = (len(fold_indices(table, REFIT)[0]) + pseudo) * (tc.refit_epochs or tc.epochs)
+        plan[REFIT] = (len(fold_indices(table, REFIT)[0]) + pseudo) * epochs_left(REFIT, tc.refit_epochs or tc.epochs)
     return plan
 
 

@@ -126,6 +126,16 @@ def test_train_all_tells_each_run_the_work_left_after_it(cfg_of, monkeypatch):
     assert after == {0: (fold_images[1] + fold_images[2]) * 5 + refit, 1: fold_images[2] * 5 + refit, 2: refit,
                      REFIT: 0}
 
+    # resumed: fold 2 finished and the refit one epoch in (their checkpoints count from epoch 0)
+    from pipeline.engine import checkpoint
+
+    for k, epoch in ((2, 4), (REFIT, 0)):
+        cfg.run_dir(fold=k).mkdir(parents=True, exist_ok=True)
+        checkpoint.save(cfg.run_dir(fold=k) / "last.pt", {"model": {}, "optimizer": {}, "epoch": epoch})
+    after.clear()
+    train.run_all(cfg)
+    assert after == {0: fold_images[1] * 5 + refit // 2, 1: refit // 2, 2: refit // 2, REFIT: 0}
+
 
 def test_the_epoch_line_says_the_time_left_in_the_run_and_in_train_all(caplog):
     """The median of the epochs after the first, times the epochs left; train-all's later runs at this
