@@ -51,7 +51,7 @@ def main():
               "amp": str(dtype).replace("torch.", "") if dtype else "fp32", "channels_last": True,
               "steps": a.steps, "step_ms_profiled": round(1000 * wall / a.steps, 1),
               "img_per_s_profiled": round(a.batch * a.steps / wall, 2), "machine": machine(),
-              "when": time.strftime("%Y-%m-%d %H:%M"), "top_ops": top}
+              "when": time.strftime("%Y-%m-%d %H:%M"), "results": top}
     text = json.dumps(result, indent=2) + "\n"
     if a.out:
         Path(a.out).write_text(text)
