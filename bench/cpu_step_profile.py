@@ -3,6 +3,7 @@ bf16 autocast with the depthwise convolutions in fp32, as `runtime.amp=auto` run
 native bf16) under torch.profiler, the operators ranked by their own CPU time. Writes a JSON file.
 
     python bench/cpu_step_profile.py --encoder tu-tf_efficientnet_lite0 --out bench/results/cpu_step_profile_xeon.json
+    python bench/cpu_step_profile.py --by-shape aten::copy_ --out ...   # also that operator's calls by input shapes
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--by-shape", default=None, help="an operator (e.g. aten::copy_) whose calls to rank by input shapes")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     step, dtype = make_step(a.arch, a.encoder, a.size, a.batch, a.amp, True, False, torch.device("cpu"),
@@ -37,7 +39,7 @@ def main():
     for _ in range(a.warmup):
         step()
     t = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=bool(a.by_shape)) as prof:
         for _ in range(a.steps):
             step()
     wall = time.perf_counter() - t
@@ -52,6 +54,11 @@ def main():
               "steps": a.steps, "step_ms_profiled": round(1000 * wall / a.steps, 1),
               "img_per_s_profiled": round(a.batch * a.steps / wall, 2), "machine": machine(),
               "when": time.strftime("%Y-%m-%d %H:%M"), "results": top}
+    if a.by_shape:
+        calls = sorted((e for e in prof.key_averages(group_by_input_shape=True) if e.key == a.by_shape),
+                       key=lambda e: e.self_cpu_time_total, reverse=True)
+        result["by_shape"] = [{"op": a.by_shape, "input_shapes": str(e.input_shapes), "calls_per_step": e.count / a.steps,
+                               "self_ms_per_step": round(e.self_cpu_time_total / 1e3 / a.steps, 2)} for e in calls[: a.top]]
     text = json.dumps(result, indent=2) + "\n"
     if a.out:
         Path(a.out).write_text(text)
