@@ -34,8 +34,8 @@ def main():
     p.add_argument("--by-shape", default=None, help="an operator (e.g. aten::copy_) whose calls to rank by input shapes")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    step, dtype = make_step(a.arch, a.encoder, a.size, a.batch, a.amp, True, False, torch.device("cpu"),
-                            depthwise_fp32=a.amp == "bf16")
+    step, dtype = make_step(a.arch, a.encoder, a.size, a.batch, a.amp, channels_last=True, compile_=False,
+                            device=torch.device("cpu"), depthwise_fp32=a.amp == "bf16")
     for _ in range(a.warmup):
         step()
     t = time.perf_counter()

@@ -10,6 +10,7 @@ import torch
 from pipeline import folds, infer, train
 from pipeline.config.schema import REFIT
 from pipeline.data.dataset import train_transform
+from pipeline.engine import checkpoint
 from pipeline.inference.outdir import Preds
 from helpers import TINY
 
@@ -127,8 +128,6 @@ def test_train_all_tells_each_run_the_work_left_after_it(cfg_of, monkeypatch):
                      REFIT: 0}
 
     # resumed: fold 2 finished and the refit one epoch in (their checkpoints count from epoch 0)
-    from pipeline.engine import checkpoint
-
     for k, epoch in ((2, 4), (REFIT, 0)):
         cfg.run_dir(fold=k).mkdir(parents=True, exist_ok=True)
         checkpoint.save(cfg.run_dir(fold=k) / "last.pt", {"model": {}, "optimizer": {}, "epoch": epoch})
