@@ -57,7 +57,7 @@ class Combined(nn.Module):
         # One fp32 copy in the default layout for every term: each would otherwise cast the bf16
         # channels_last logits on its own (CE through autocast, the region losses in _FP32), and SMP
         # reshapes them once more (bench/loss_step.py).
-        logits = logits.float().contiguous()
+        logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
         return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.losses))
 
 
