@@ -133,7 +133,7 @@ class Trainer:
             x, y = rt.to_device(x, image=True), rt.to_device(y)
             with rt.autocast():
                 logits = model(x)
-            loss[0] += self.loss_fn(logits.float(), y).double() * len(x)
+            loss[0] += self.loss_fn(logits, y).double() * len(x)  # the loss casts the logits to fp32 once
             loss[1] += len(x)
             self.meter.update(masks_to_bits(logits > 0) if self.meter.multilabel else logits.argmax(1), y)
         rt.all_reduce(loss)
