@@ -103,7 +103,7 @@ def _dw_net():
 def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16():
     """oneDNN's bf16 depthwise backward is several times slower than fp32's on the CPU: under bf16
     autocast the depthwise layers (only they: not dense, not other grouped convolutions) compute in
-    fp32, with their state-dict keys unchanged and a deepcopy (EMA, SWA) computing with its own weights."""
+    fp32 when gradients are on (in bf16 without them: its forward is faster), with their state-dict keys unchanged and a deepcopy (EMA, SWA) computing with its own weights."""
     rt = Runtime.create(RuntimeConfig(device="cpu", amp="bf16"))
     net = rt.prepare(_dw_net())
     keys = list(_dw_net().state_dict())
@@ -116,6 +116,9 @@ def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16():
         net(x).float().sum().backward()
     assert seen == {0: torch.bfloat16, 1: torch.float32, 2: torch.bfloat16}
     assert net[1].weight.grad is not None and net[1].weight.grad.dtype == torch.float32
+    with torch.no_grad(), rt.autocast():  # validation, inference: no backward to pay for, bf16 forward
+        net(x)
+    assert seen == {0: torch.bfloat16, 1: torch.bfloat16, 2: torch.bfloat16}
 
     twin = copy.deepcopy(net)
     with torch.no_grad():

@@ -311,6 +311,13 @@ def test_infer_reuses_the_pseudo_pass_test_probabilities_only_when_they_are_its_
     preds = Preds.of(cfg)
     stems = preds.read_manifest()["files"]
     fast = {s: preds.read_probs(s) for s in stems}
+    kept = cfg.pseudo_dir() / "manifest.json"
+    text = kept.read_text()
+    older = json.loads(text)
+    older["probs_key"]["numerics"] -= 1  # as if an earlier segpipe, with other arithmetic, had kept them
+    kept.write_text(json.dumps(older))
+    assert infer.run(cfg)["reused_probs"] is None
+    kept.write_text(text)
     ckpt = cfg.run_dir(fold=1) / "best.pt"
     st = ckpt.stat()
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if fold 1 had been trained again

@@ -108,8 +108,9 @@ class RuntimeConfig:
     compile: bool = False
     seed: int = 42
     progress: bool = True
-    # on the CPU under bf16 autocast, depthwise convolutions run in fp32 (oneDNN's bf16 depthwise
-    # backward is 3-6x slower; EfficientNet/MobileNet encoders train ~1.3x faster)
+    # on the CPU under bf16 autocast, depthwise convolutions of a training step run in fp32 (oneDNN's
+    # bf16 depthwise backward is 3-6x slower; EfficientNet/MobileNet encoders train ~1.3x faster);
+    # without gradients (validation, inference) they stay in bf16, whose forward is the faster one
     depthwise_fp32: bool = True
 
 

@@ -72,15 +72,19 @@ def describe_precision(dtype, device: torch.device) -> str:
 
 
 def _fp32_forward(self, x: torch.Tensor) -> torch.Tensor:
+    if not torch.is_grad_enabled():  # no backward to pay for: bf16's forward is the faster one
+        return type(self).forward(self, x)
     with torch.autocast(x.device.type, enabled=False):
         return type(self).forward(self, x.float())
 
 
 def depthwise_in_fp32(model: torch.nn.Module) -> int:
-    """Run every depthwise convolution outside autocast, in fp32: under CPU bf16 autocast oneDNN's
-    depthwise backward is 3-6x slower than fp32's (bench/train_throughput.py --cpu), while the dense
-    convolutions gain from bf16. Bound per instance, so state-dict keys stay and a deepcopy (EMA, SWA)
-    binds the copy. Returns how many convolutions it changed."""
+    """Run every depthwise convolution of a training step outside autocast, in fp32: under CPU bf16
+    autocast oneDNN's depthwise backward is 3-6x slower than fp32's (bench/train_throughput.py --cpu),
+    while the dense convolutions gain from bf16. Without gradients (validation, inference) they stay
+    in bf16, whose forward is faster (bench/depthwise_cpu.py; Lite0's whole forward 1.25x). Bound per
+    instance, so state-dict keys stay and a deepcopy (EMA, SWA) binds the copy. Returns how many
+    convolutions it changed."""
     n = 0
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels:

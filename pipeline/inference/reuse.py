@@ -20,6 +20,10 @@ from pipeline.io import read_json
 
 log = get_logger(__name__)
 
+# Raised when segpipe's inference arithmetic changes, so that probabilities kept by an older version
+# are not averaged with new ones. 2: depthwise convolutions in the autocast dtype at inference.
+NUMERICS = 2
+
 
 def ensemble_key(cfg: Config, members, rt: Runtime, stems: list[str]) -> dict:
     """What the ensemble's probabilities depend on; equal keys, equal probabilities."""
@@ -28,7 +32,7 @@ def ensemble_key(cfg: Config, members, rt: Runtime, stems: list[str]) -> dict:
         st = m.path.stat()
         models.append({"path": str(m.path), "weight": m.weight, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return {"models": models, "tta": list(cfg.infer.tta), "window": cfg.infer.window, "overlap": cfg.infer.overlap,
-            "dtype": str(rt.dtype), "images": list(stems)}
+            "dtype": str(rt.dtype), "numerics": NUMERICS, "images": list(stems)}
 
 
 def probs_path(root: Path, stem: str) -> Path:
