@@ -103,7 +103,8 @@ def _dw_net():
 def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16():
     """oneDNN's bf16 depthwise backward is several times slower than fp32's on the CPU: under bf16
     autocast the depthwise layers (only they: not dense, not other grouped convolutions) compute in
-    fp32 when gradients are on (in bf16 without them: its forward is faster), with their state-dict keys unchanged and a deepcopy (EMA, SWA) computing with its own weights."""
+    fp32 when gradients are on (in bf16 without them: its forward is faster), with their state-dict
+    keys unchanged and a deepcopy (EMA, SWA) computing with its own weights."""
     rt = Runtime.create(RuntimeConfig(device="cpu", amp="bf16"))
     net = rt.prepare(_dw_net())
     keys = list(_dw_net().state_dict())
