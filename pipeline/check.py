@@ -18,7 +18,8 @@ from pipeline.data.stats import check_label_share, label_stats
 from pipeline.engine.runtime import get_logger
 from pipeline.errors import DataError
 from pipeline.inference.outdir import Preds
-from pipeline.io import read_json
+from pipeline.inference.space import outputs_space
+from pipeline.io import human_bytes, read_json
 
 log = get_logger(__name__)
 SHOWN = 20  # problems listed per split; the count is always complete
@@ -85,6 +86,8 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
                 problems = [str(e)]
         _report(report, "folds", problems)
     _check_hand_edited(cfg, report)
+    if cfg.data.classes and cfg.data.test is not None and not report.get("test", {}).get("problems"):
+        _check_disk(cfg, report)
     total = sum(len(r["problems"]) for r in report.values())
     log.info("check: %d problem(s) in %.1fs", total, time.time() - t0)
     if total:
@@ -120,6 +123,18 @@ def _check_hand_edited(cfg: Config, report: dict) -> None:
             _report(report, "leaderboard", [])
         except DataError as e:
             _report(report, "leaderboard", [str(e)])
+
+
+def _check_disk(cfg: Config, report: dict) -> None:
+    """Room on the outputs disk for what `make infer-tta` (and a pseudo-labelling refit) will write
+    at the end of the hour, said before it starts."""
+    try:
+        needed, what, problem = outputs_space(cfg)
+    except DataError as e:  # stale folds: reported above
+        log.info("check: disk space not estimated (%s)", e)
+        return
+    log.info("check: %s: about %s", what, human_bytes(needed))
+    _report(report, "disk", [problem] if problem else [])
 
 
 def _rules(path: Path, cfg: Config) -> list[str]:

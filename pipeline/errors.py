@@ -27,6 +27,10 @@ class RunFolderError(TrainingError):
     """A run folder holds another config's run, or another process is training in it."""
 
 
+class DiskSpaceError(SegpipeError, OSError):
+    """A stage would write more than the disk under its output folder has free."""
+
+
 class WeightsError(SegpipeError, ValueError):
     """A pretrained-weights file is missing or does not fit the model."""
 

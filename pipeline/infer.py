@@ -12,6 +12,7 @@ from pipeline.inference.ensemble import Ensemble, find_members, save_prediction
 from pipeline.inference.oof import leaderboard_note, predict_oof
 from pipeline.inference.outdir import PredictionFolder, Preds
 from pipeline.inference.reuse import reusable_part
+from pipeline.inference.space import infer_expected, oof_sizes, record_sizes
 from pipeline.inference.tta import build_tta
 
 log = get_logger(__name__)
@@ -19,9 +20,11 @@ log = get_logger(__name__)
 
 def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
     rt = Runtime.create(cfg.runtime, DistInfo())
-    tta, folder = build_tta(cfg.infer.tta), PredictionFolder(cfg.preds_dir())
+    tta = build_tta(cfg.infer.tta)
     by_fold, members = find_members(cfg)
     test = open_split(cfg.data, "test", labelled=False)
+    oof = oof_sizes(cfg, sorted(by_fold)) if cfg.infer.oof and by_fold else []
+    folder = PredictionFolder(cfg.preds_dir(), expected=infer_expected(cfg, record_sizes(test.records), oof))
     with folder as partial:
         out = Preds(partial)
         multilabel = cfg.competition.multilabel  # probabilities always kept: make tune picks thresholds

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, DiskSpaceError
+
+HEADROOM = 64 * 2 ** 20  # left free beyond an estimate: logs, manifests, the odd temporary file
 
 
 def _atomic(path: Path, write: Callable[[Path], None], overwrite: bool = True) -> Path:
@@ -33,6 +36,35 @@ def _atomic(path: Path, write: Callable[[Path], None], overwrite: bool = True) -
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds `path`, or would hold it (its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def human_bytes(n: float) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def space_problem(path: Path, needed: int, what: str) -> str | None:
+    """Why output of about `needed` bytes under `path` will not fit on its disk, or None."""
+    free = free_bytes(path)
+    if needed + HEADROOM <= free:
+        return None
+    return (f"{path}: {what} needs about {human_bytes(needed)} and {human_bytes(free)} is free on that disk; "
+            "free some space or point outputs= at a larger disk, then run the same command")
+
+
+def require_space(path: Path, needed: int, what: str) -> None:
+    """Refuses output the disk has no room for before any of it is written: a full disk found hours
+    into a stage costs those hours."""
+    problem = space_problem(path, needed, what)
+    if problem:
+        raise DiskSpaceError(problem)
 
 
 def write_bytes(path: Path, data: bytes, overwrite: bool = True) -> Path:

@@ -26,6 +26,7 @@ from pipeline.engine.trackers import TRACKERS
 from pipeline.engine.trainer import Trainer, steps_per_epoch
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.inference.pseudo_labels import pseudo_label
+from pipeline.inference.space import outputs_space
 from pipeline.io import write_json
 from pipeline.models import build_model, input_norm
 
@@ -117,6 +118,10 @@ def run_all(cfg: Config, args: StageArgs = StageArgs()) -> dict[int, dict]:
     after the fold ensemble has pseudo-labelled the test images if `train.refit_pseudo`."""
     table = read_folds(cfg)
     folds = sorted(int(k) for k in table["fold"].unique() if k >= 0)
+    if args.dist.main and cfg.data.test is not None:
+        problem = outputs_space(cfg)[2]
+        if problem:  # a warning: the training itself fits, and space may be freed while it runs
+            log.warning("%s (said now: the predictions are written after the training)", problem)
     plan = list(_image_epochs(cfg, table, folds).items())  # the runs in the order they train
     out = {k: run(dataclasses.replace(cfg, fold=k), args, image_epochs_after=sum(w for _, w in plan[i + 1:]))
            for i, k in enumerate(folds)}

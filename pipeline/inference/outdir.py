@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.competition.postprocess import read_rules
 from pipeline.data.sources import read_label_png
 from pipeline.errors import DataError
-from pipeline.io import read_json, write_json
+from pipeline.io import read_json, require_space, write_json
 
 MANIFEST = "manifest.json"
 
@@ -96,14 +96,18 @@ class Preds:
 
 
 class PredictionFolder:
-    def __init__(self, final: Path, listed: str = "labels"):
-        """`listed`: the subfolder whose PNG stems the manifest lists, under "files"."""
-        self.final, self.listed = Path(final), listed
+    def __init__(self, final: Path, listed: str = "labels", expected: tuple[int, str] | None = None):
+        """`listed`: the subfolder whose PNG stems the manifest lists, under "files"; `expected`:
+        (bytes, what) the folder will take, refused up front when the disk has no room for it (the
+        folder it replaces stays until the new one is complete, so that counts as taken)."""
+        self.final, self.listed, self.expected = Path(final), listed, expected
         self.partial = self.final.with_name(f".{self.final.name}.partial-{os.getpid()}")
 
     def __enter__(self) -> Path:
         for stale in self.final.parent.glob(f".{self.final.name}.partial-*"):  # left by killed runs
             shutil.rmtree(stale, ignore_errors=True)
+        if self.expected is not None:
+            require_space(self.final.parent, *self.expected)
         self.partial.mkdir(parents=True)
         return self.partial
 

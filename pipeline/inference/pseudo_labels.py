@@ -14,6 +14,7 @@ from pipeline.engine.runtime import DistInfo, Runtime, get_logger
 from pipeline.inference.ensemble import Ensemble, find_members, top_class
 from pipeline.inference.outdir import PredictionFolder
 from pipeline.inference.reuse import ensemble_key, save_probs
+from pipeline.inference.space import pseudo_expected
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import read_json, save_png
 from pipeline.pixels import class_counts
@@ -44,7 +45,7 @@ def pseudo_label(cfg: Config, keep_probs: bool = False) -> dict:
     images = open_split(cfg.data, cfg.pseudo.split, labelled=False)
     C, ign, thr = cfg.data.num_classes, cfg.data.ignore_index, cfg.pseudo.threshold
     kept, total, per_class = 0, 0, np.zeros(C, np.int64)
-    folder = PredictionFolder(cfg.pseudo_dir(), listed="masks")
+    folder = PredictionFolder(cfg.pseudo_dir(), listed="masks", expected=pseudo_expected(cfg, images.records, keep_probs))
     with folder as out:
         preds = Ensemble.from_config(cfg, members, rt).predict(
             images, list(range(len(images))), cfg.infer.batch_size, cfg.infer.num_workers)
