@@ -82,6 +82,14 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> Path:
     return folder
 
 
+def _probs_dtype(cfg: Config) -> str:
+    """The form make submission read the probabilities in: the bundle rounds its own to it, so that
+    tuned rules decide the same pixels."""
+    preds = Preds.of(cfg)
+    kept = preds.read_manifest().get("probs_dtype") if preds.manifest.exists() else None
+    return kept or cfg.infer.probs_dtype
+
+
 def _write(cfg: Config, partial: Path, members, rules_doc, half: bool) -> None:
     listed = []
     for m in members:
@@ -97,5 +105,6 @@ def _write(cfg: Config, partial: Path, members, rules_doc, half: bool) -> None:
     write_json(partial / BUNDLE, {"exp": cfg.exp, "data": cfg.data.name, "members": listed,
                                   "tta": list(cfg.infer.tta), "window": list(cfg.infer.window) if cfg.infer.window else None,
                                   "overlap": cfg.infer.overlap, "postprocess": rules_doc, "half": half,
+                                  "probs_dtype": _probs_dtype(cfg),
                                   "requirements": list(REQUIREMENTS), "wheel": f"wheels/{wheel.name}",
                                   "torch_trained_with": torch.__version__})

@@ -34,11 +34,12 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
         for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.runtime.progress else True, leave=False):
             if reused is not None:
                 p = reused.combine(test.records[i].stem, p, ensemble.total_weight)
-            save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel)
+            save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel, cfg.infer.probs_dtype)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
                     "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],
                     "checkpoint": cfg.infer.checkpoint, "refit": cfg.infer.refit, "tta": list(cfg.infer.tta),
                     "tta_views": len(tta), "weights": list(cfg.infer.weights), "test_images": len(test),
+                    "probs_dtype": cfg.infer.probs_dtype if cfg.infer.save_probs or multilabel else None,
                     "metric": cfg.competition.metric, "cv_score": None, "cv_miou": None,
                     "reused_probs": None if reused is None else str(reused.root)}
         if cfg.infer.oof and by_fold:  # OOF figures always come from the fold models

@@ -32,6 +32,7 @@ CHOICES = {
     "train.on_change": ("refuse", "restart"),
     "infer.refit": ("off", "with", "only"),
     "infer.checkpoint": ("best", "swa"),
+    "infer.probs_dtype": ("float16", "uint8"),
 }
 
 

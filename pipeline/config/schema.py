@@ -183,7 +183,9 @@ class InferConfig:
     num_workers: int = bounded(2, 0)  # image decoding in loader workers, so the model is not left waiting
     refit: str = "off"  # the full-data refit (fold=all) for the test set: off | with (the fold models) | only
     checkpoint: str = "best"  # which weights of each run: best | swa (train.swa_epochs)
-    save_probs: bool = False  # float16 probabilities of the test and OOF images (always for multilabel)
+    save_probs: bool = False  # the probabilities of the test and OOF images (always for multilabel)
+    # how they are kept: float16 (~3 significant digits) | uint8 (steps of 1/255: half the disk)
+    probs_dtype: str = "float16"
     oof: bool = True
     # added to cv_score: the gap between the fold models' CV and the score of the ensemble actually
     # submitted, measured by simulating the competition on labelled data (bench/camvid_simulation.py)

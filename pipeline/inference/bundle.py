@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.competition.postprocess import decide, load_rules, needs_probs
 from pipeline.competition.submission import submission_table
 from pipeline.config import Config, SplitConfig, load_config_file
@@ -24,6 +22,7 @@ from pipeline.data.sources import MaskDirSource
 from pipeline.engine.runtime import Runtime
 from pipeline.errors import DataError
 from pipeline.inference.ensemble import Ensemble, Member, top_class
+from pipeline.inference.outdir import decode_probs, encode_probs
 from pipeline.inference.tta import build_tta
 from pipeline.io import read_json, write_text
 
@@ -56,8 +55,9 @@ def predict_folder(folder: Path, images: Path, out_csv: Path, device: str = "aut
     rules = load_rules({"rules": doc["postprocess"]}, cfg.data.classes) if doc["postprocess"] else {}
     labels, from_probs = {}, multilabel or needs_probs(rules, multilabel)
     for i, probs in ensemble.predict(test, list(range(len(test))), batch_size or cfg.infer.batch_size):
-        if from_probs:  # as make infer-tta keeps them: float16, under the tuned thresholds or biases
-            labels[test.records[i].stem] = decide(probs.numpy().astype(np.float16).astype(np.float32), rules, multilabel)
+        if from_probs:  # as make infer-tta kept them (float16 or uint8), under the tuned thresholds or biases
+            kept = decode_probs(encode_probs(probs.numpy(), doc.get("probs_dtype") or "float16"))
+            labels[test.records[i].stem] = decide(kept, rules, multilabel)
         else:
             labels[test.records[i].stem] = top_class(probs)[0]
     df = submission_table(test.records, lambda rec: labels[rec.stem], cfg, rules)

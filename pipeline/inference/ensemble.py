@@ -21,7 +21,7 @@ from pipeline.engine.runtime import Runtime
 from pipeline.errors import ConfigError
 from pipeline.io import save_png, write_with
 from pipeline.pixels import threshold_bits
-from pipeline.inference.outdir import Preds
+from pipeline.inference.outdir import Preds, encode_probs
 from pipeline.inference.tta import build_tta, predict_probs
 from pipeline.inference.window import assemble, sliding_window
 from pipeline.models import build_model, input_norm
@@ -186,13 +186,15 @@ def top_class(probs: torch.Tensor, with_conf: bool = False, rows: int = 256):
     return label, conf
 
 
-def save_prediction(preds: Preds, stem: str, probs: torch.Tensor, save_probs: bool, multilabel: bool = False) -> np.ndarray:
+def save_prediction(preds: Preds, stem: str, probs: torch.Tensor, save_probs: bool, multilabel: bool = False,
+                    dtype: str = "float16") -> np.ndarray:
     """labels/<stem>.png (argmax; multilabel: the map of class bits above 0.5, `make tune` may pick
     other thresholds, which `make submission` applies to the saved probabilities) and, when asked,
-    probs/<stem>.npz (float16, stored: zlib took ~0.14 s per CamVid frame to save 15%); returns the label map."""
+    probs/<stem>.npz (`dtype`: float16 or uint8, stored: zlib took ~0.14 s per CamVid frame to save 15%);
+    returns the label map."""
     label = threshold_bits(probs.numpy(), [0.5] * len(probs)) if multilabel else top_class(probs)[0]
     save_png(preds.label(stem), label)
     if save_probs:
         write_with(preds.probs(stem),
-                   lambda f: np.savez(f, probs=probs.numpy().astype(np.float16)))
+                   lambda f: np.savez(f, probs=encode_probs(probs.numpy(), dtype)))
     return label

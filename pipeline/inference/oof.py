@@ -34,7 +34,8 @@ def predict_oof(cfg: Config, by_fold: dict[int, list[Member]], rt: Runtime, tta,
         ensemble = Ensemble.from_config(cfg, members, rt, tta)
         predicted = ensemble.predict(pool, idx, cfg.infer.batch_size, cfg.infer.num_workers, with_mask=True)
         for i, p, truth in predicted:
-            label = save_prediction(preds.oof, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel)
+            label = save_prediction(preds.oof, pool.records[i].stem, p, multilabel or cfg.infer.save_probs, multilabel,
+                                    cfg.infer.probs_dtype)
             image = scores.add(int(fold), pool.records[i].stem, label, truth)
             if not multilabel:  # the error-analysis page draws one class per pixel
                 worst.add(image.compute()["score"], i, pool.records[i].stem, label, truth.numpy().astype(np.uint8))

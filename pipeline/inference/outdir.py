@@ -17,12 +17,25 @@ from pipeline.errors import DataError
 from pipeline.io import read_json, require_space, write_json
 
 MANIFEST = "manifest.json"
+PROBS_BYTES = {"float16": 2, "uint8": 1}  # per class and pixel, by infer.probs_dtype
+
+
+def encode_probs(probs: np.ndarray, dtype: str) -> np.ndarray:
+    """Probabilities as kept on disk: float16, or uint8 in steps of 1/255 (off by at most 1/510)."""
+    if dtype == "uint8":
+        return np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8)
+    return probs.astype(np.float16)
+
+
+def decode_probs(stored: np.ndarray) -> np.ndarray:
+    """float32 probabilities from either kept form (the array's dtype says which)."""
+    return stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored.astype(np.float32)
 
 
 @dataclass(frozen=True)
 class Preds:
-    """<root>/labels/<stem>.png (label maps at each image's size), probs/<stem>.npz (float16
-    probabilities, when kept), manifest.json (what was predicted, how, and the CV), postprocess.json
+    """<root>/labels/<stem>.png (label maps at each image's size), probs/<stem>.npz (probabilities,
+    when kept, float16 or uint8: infer.probs_dtype), manifest.json (what was predicted, how, and the CV), postprocess.json
     (`make tune`'s rules), and for the fold models' own validation images oof/ in the same layout
     with score.json; analysis/ holds the OOF error report."""
     root: Path
@@ -92,7 +105,7 @@ class Preds:
         if not path.exists():
             raise DataError(f"{path}: no saved probabilities; run `make infer-tta` again")
         with np.load(path) as z:
-            return z["probs"].astype(np.float32)
+            return decode_probs(z["probs"])
 
 
 class PredictionFolder:

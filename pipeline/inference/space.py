@@ -1,6 +1,7 @@
 """What a prediction folder will take on disk, estimated from the images' sizes before anything is
-written: kept probabilities are float16, 2 bytes per class per pixel at each image's own size (a
-Severstal-sized OOF set alone is ~40 GB), label PNGs a small fraction of a byte per pixel."""
+written: kept probabilities take 2 bytes (float16) or 1 (uint8) per class per pixel at each image's
+own size (a Severstal-sized OOF set alone is ~40 GB in float16), label PNGs a small fraction of a
+byte per pixel."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -8,18 +9,19 @@ from typing import Iterable
 from pipeline.config import Config
 from pipeline.data.pool import fold_indices, labelled_pool
 from pipeline.data.sources import open_split
+from pipeline.inference.outdir import PROBS_BYTES
 from pipeline.io import space_problem
 
 # measured: CamVid's 11-class label maps take 0.047 bytes per pixel as PNG (1.9 MB for 233 frames);
 # the noisier maps of a barely trained model take more
 LABEL_PNG_BYTES_PER_PIXEL = 0.1
-PROBS_BYTES_PER_CLASS_PIXEL = 2  # float16
 
 
-def prediction_bytes(sizes: Iterable[tuple[int, int]], classes: int, keep_probs: bool) -> int:
-    """Bytes of the label PNGs, and the probabilities when kept, of images of these (height, width)."""
+def prediction_bytes(sizes: Iterable[tuple[int, int]], classes: int, keep_probs: bool, dtype: str = "float16") -> int:
+    """Bytes of the label PNGs, and the probabilities when kept (in `dtype`), of images of these
+    (height, width)."""
     pixels = sum(h * w for h, w in sizes)
-    per_pixel = LABEL_PNG_BYTES_PER_PIXEL + (PROBS_BYTES_PER_CLASS_PIXEL * classes if keep_probs else 0)
+    per_pixel = LABEL_PNG_BYTES_PER_PIXEL + (PROBS_BYTES[dtype] * classes if keep_probs else 0)
     return int(pixels * per_pixel)
 
 
@@ -37,15 +39,17 @@ def oof_sizes(cfg: Config, folds: Iterable[int]) -> list[tuple[int, int]]:
 def infer_expected(cfg: Config, test: list[tuple[int, int]], oof: list[tuple[int, int]]) -> tuple[int, str]:
     """(bytes, what) of `make infer-tta`'s folder for images of these sizes; probabilities with
     infer.save_probs (multilabel: always, make tune picks thresholds from them)."""
-    keep = cfg.infer.save_probs or cfg.competition.multilabel
-    what = f"infer: the predictions of {len(test)} test and {len(oof)} OOF images" + (" with probabilities" if keep else "")
-    return prediction_bytes(test + oof, cfg.data.num_classes, keep), what
+    keep, dtype = cfg.infer.save_probs or cfg.competition.multilabel, cfg.infer.probs_dtype
+    what = f"infer: the predictions of {len(test)} test and {len(oof)} OOF images"
+    if keep:
+        what += f" with {dtype} probabilities" + (" (infer.probs_dtype=uint8 halves them)" if dtype == "float16" else "")
+    return prediction_bytes(test + oof, cfg.data.num_classes, keep, dtype), what
 
 
 def pseudo_expected(cfg: Config, records, keep_probs: bool) -> tuple[int, str]:
     """(bytes, what) of the pseudo-label folder of these unlabelled images."""
     sizes = record_sizes(records)
-    what = f"pseudo: the label maps of {len(sizes)} {cfg.pseudo.split} images" + (" with probabilities" if keep_probs else "")
+    what = f"pseudo: the label maps of {len(sizes)} {cfg.pseudo.split} images" + (" with float16 probabilities" if keep_probs else "")
     return prediction_bytes(sizes, cfg.data.num_classes, keep_probs), what
 
 
