@@ -318,6 +318,9 @@ def test_infer_reuses_the_pseudo_pass_test_probabilities_only_when_they_are_its_
     kept.write_text(json.dumps(older))
     assert infer.run(cfg)["reused_probs"] is None
     kept.write_text(text)
+    # float16 probabilities are not reused by a run that keeps uint8 ones (nor the reverse)
+    assert infer.run(cfg_of(*args, "infer.probs_dtype=uint8", name="ru"))["reused_probs"] is None
+    assert infer.run(cfg)["reused_probs"] == str(cfg.pseudo_dir())
     ckpt = cfg.run_dir(fold=1) / "best.pt"
     st = ckpt.stat()
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if fold 1 had been trained again
@@ -328,3 +331,14 @@ def test_infer_reuses_the_pseudo_pass_test_probabilities_only_when_they_are_its_
     infer.run(cfg_of(*args, "infer.refit=only", name="ru"))  # the tolerance is far below what a member changes
     assert max(np.abs(preds.read_probs(s) - slow[s]).max() for s in stems) > 0.02
     assert infer.run(cfg_of(*args, "infer.tta=[hflip]", name="ru"))["reused_probs"] is None  # other TTA, other key
+
+
+def test_uint8_kept_probabilities_are_reused_within_half_a_step(tmp_path):
+    from pipeline.inference.reuse import ReusedPart, probs_path, save_probs
+
+    torch.manual_seed(0)
+    kept, rest = torch.softmax(torch.randn(2, 5, 8, 9), 1).unbind(0)
+    save_probs(tmp_path, "a", kept, "uint8")
+    assert np.load(probs_path(tmp_path, "a")).dtype == np.uint8
+    mean = ReusedPart(tmp_path, weight=3.0).combine("a", rest, 1.0)
+    assert (mean - (3 * kept + rest) / 4).abs().max() <= 0.75 / 510 + 1e-6

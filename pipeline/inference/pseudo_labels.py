@@ -55,7 +55,7 @@ def pseudo_label(cfg: Config, keep_probs: bool = False) -> dict:
             label[~sure] = ign
             save_png(out / "masks" / f"{images.records[i].stem}.png", label)
             if keep_probs:
-                save_probs(out, images.records[i].stem, p)
+                save_probs(out, images.records[i].stem, p, cfg.infer.probs_dtype)
             kept += int(sure.sum())
             total += sure.size
             per_class += class_counts(label[sure], C)

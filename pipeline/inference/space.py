@@ -48,9 +48,9 @@ def infer_expected(cfg: Config, test: list[tuple[int, int]], oof: list[tuple[int
 
 def pseudo_expected(cfg: Config, records, keep_probs: bool) -> tuple[int, str]:
     """(bytes, what) of the pseudo-label folder of these unlabelled images."""
-    sizes = record_sizes(records)
-    what = f"pseudo: the label maps of {len(sizes)} {cfg.pseudo.split} images" + (" with float16 probabilities" if keep_probs else "")
-    return prediction_bytes(sizes, cfg.data.num_classes, keep_probs), what
+    sizes, dtype = record_sizes(records), cfg.infer.probs_dtype
+    what = f"pseudo: the label maps of {len(sizes)} {cfg.pseudo.split} images" + (f" with {dtype} probabilities" if keep_probs else "")
+    return prediction_bytes(sizes, cfg.data.num_classes, keep_probs, dtype), what
 
 
 def planned_prediction_bytes(cfg: Config) -> tuple[int, str]:
