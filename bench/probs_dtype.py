@@ -70,7 +70,8 @@ def main() -> None:
             stems = preds.read_manifest()["files"]
             labels[dtype] = {s: decide(preds.read_probs(s), rules, False) for s in stems}
             cv = result.get("cv") or {}
-            runs[dtype] = {"probs_gib": round((folder_bytes(preds.root / "probs") + folder_bytes(preds.oof.root / "probs")) / 2**30, 3),
+            probs = folder_bytes(preds.root / "probs") + folder_bytes(preds.oof.root / "probs")
+            runs[dtype] = {"probs_gib": round(probs / 2**30, 3),
                            "tune_s": round(seconds, 1), "oof_before": round(result["oof_before"], 5),
                            "oof_after": round(result["oof_after"], 5), "holdout_gain_mean": result["holdout_gain_mean"],
                            "bias_alpha_all": (result.get("bias_alpha") or {}).get("all"),

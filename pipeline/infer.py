@@ -34,7 +34,8 @@ def run(cfg: Config, args: StageArgs = StageArgs()) -> dict:
         for i, p in tqdm(preds, total=len(test), desc="infer", disable=None if cfg.runtime.progress else True, leave=False):
             if reused is not None:
                 p = reused.combine(test.records[i].stem, p, ensemble.total_weight)
-            save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel, cfg.infer.probs_dtype)
+            save_prediction(out, test.records[i].stem, p, cfg.infer.save_probs or multilabel, multilabel,
+                            cfg.infer.probs_dtype)
         manifest = {"experiments": list(cfg.infer.experiments or (cfg.exp,)), "folds": sorted(by_fold),
                     "models": [str(m.path.parent.relative_to(cfg.out_dir / "runs")) for m in members],
                     "checkpoint": cfg.infer.checkpoint, "refit": cfg.infer.refit, "tta": list(cfg.infer.tta),

@@ -68,7 +68,8 @@ def test_infer_refuses_a_folder_the_disk_cannot_hold_and_keeps_the_old_one(make_
     fake_runs(cfg)
     manifest = infer.run(cfg)
     preds = Preds.of(cfg)
-    written = sum(folder_bytes(d) for d in (preds.labels, preds.root / "probs", preds.oof.labels, preds.oof.root / "probs"))
+    kept = (preds.labels, preds.root / "probs", preds.oof.labels, preds.oof.root / "probs")
+    written = sum(folder_bytes(d) for d in kept)
     test = record_sizes(open_split(cfg.data, "test", labelled=False).records)
     estimate, what = infer_expected(cfg, test, oof_sizes(cfg, sorted(find_members(cfg)[0])))
     assert f"{manifest['test_images']} test and {manifest['oof_images']} OOF images with float16 probabilities" in what

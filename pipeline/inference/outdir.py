@@ -35,9 +35,9 @@ def decode_probs(stored: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Preds:
     """<root>/labels/<stem>.png (label maps at each image's size), probs/<stem>.npz (probabilities,
-    when kept, float16 or uint8: infer.probs_dtype), manifest.json (what was predicted, how, and the CV), postprocess.json
-    (`make tune`'s rules), and for the fold models' own validation images oof/ in the same layout
-    with score.json; analysis/ holds the OOF error report."""
+    when kept, float16 or uint8: infer.probs_dtype), manifest.json (what was predicted, how, and the
+    CV), postprocess.json (`make tune`'s rules), and for the fold models' own validation images oof/
+    in the same layout with score.json; analysis/ holds the OOF error report."""
     root: Path
 
     @classmethod

@@ -45,7 +45,8 @@ def pseudo_label(cfg: Config, keep_probs: bool = False) -> dict:
     images = open_split(cfg.data, cfg.pseudo.split, labelled=False)
     C, ign, thr = cfg.data.num_classes, cfg.data.ignore_index, cfg.pseudo.threshold
     kept, total, per_class = 0, 0, np.zeros(C, np.int64)
-    folder = PredictionFolder(cfg.pseudo_dir(), listed="masks", expected=pseudo_expected(cfg, images.records, keep_probs))
+    expected = pseudo_expected(cfg, images.records, keep_probs)
+    folder = PredictionFolder(cfg.pseudo_dir(), listed="masks", expected=expected)
     with folder as out:
         preds = Ensemble.from_config(cfg, members, rt).predict(
             images, list(range(len(images))), cfg.infer.batch_size, cfg.infer.num_workers)

@@ -2,10 +2,10 @@
 test images to label them; `infer` then needs that same fold ensemble on the same images, plus the
 refit. The pseudo-labelling pass keeps its averaged probabilities (in infer.probs_dtype) under a key
 that names what made them: each checkpoint by path, size and modification time, the weights, TTA,
-windows, precision, the kept form and the images. `infer` reuses them only when its own fold members and settings give the
-same key; it then runs the remaining members alone and averages the two parts by weight. The result
-equals a full pass up to the rounding of the reused part (float16: about 3 significant digits;
-uint8: 1/510 at most)."""
+windows, precision, the kept form and the images. `infer` reuses them only when its own fold members
+and settings give the same key; it then runs the remaining members alone and averages the two parts
+by weight. The result equals a full pass up to the rounding of the reused part (float16: about 3
+significant digits; uint8: 1/510 at most)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -49,7 +49,9 @@ def infer_expected(cfg: Config, test: list[tuple[int, int]], oof: list[tuple[int
 def pseudo_expected(cfg: Config, records, keep_probs: bool) -> tuple[int, str]:
     """(bytes, what) of the pseudo-label folder of these unlabelled images."""
     sizes, dtype = record_sizes(records), cfg.infer.probs_dtype
-    what = f"pseudo: the label maps of {len(sizes)} {cfg.pseudo.split} images" + (f" with {dtype} probabilities" if keep_probs else "")
+    what = f"pseudo: the label maps of {len(sizes)} {cfg.pseudo.split} images"
+    if keep_probs:
+        what += f" with {dtype} probabilities"
     return prediction_bytes(sizes, cfg.data.num_classes, keep_probs, dtype), what
 
 
